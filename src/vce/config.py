@@ -1,0 +1,206 @@
+"""Typed view of ``params.yaml``: one profile (demo | paper | tiny) plus the study's variants.
+
+Every step reads its section from here, so the CLI, DVC and the Kubeflow pipeline share one
+configuration. Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODALITIES = ("T1", "T2")
+NORMALIZATIONS = ("zscore", "sigmoid", "tanh")
+MODELS = ("pgmgvce", "mmgsn")
+
+
+class ConfigError(ValueError):
+    """The params file or a variant is invalid."""
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    n_patients: int = 16
+    matrix: tuple[int, int] = (96, 96)
+    n_slices: int = 16
+    spacing_mm: tuple[float, float, float] = (2.2, 2.2, 4.0)
+    max_rotation_deg: float = 3.0
+    max_translation_mm: float = 3.0
+    snr: float = 40.0
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    shrink_factors: tuple[int, ...] = (2, 1)
+    smoothing_sigmas_mm: tuple[float, ...] = (2.0, 0.0)
+    iterations: int = 60
+    sampling_fraction: float = 0.15
+    histogram_bins: int = 32
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    test_ratio: float = 0.125
+    image_size: int = 64
+    min_body_fraction: float = 0.05
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    iterations: int = 300
+    batch_size: int = 8
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    base_channels: int = 16
+    gp_weight: float = 1.0
+    pg_eps: float = 1e-3
+    log_every: int = 10
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    data_range: float = 4095.0
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    parallelism: int = 2
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training run of the study (a row of the paper's tables)."""
+
+    name: str
+    model: str = "pgmgvce"
+    lambda_pg: float = 1.0
+    lambda_gan: float = 1.0
+    lambda_l1: float = 0.0
+    normalization: str = "sigmoid"
+    modalities: tuple[str, ...] = ("T1", "T2")
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"variant name {self.name!r} must be alphanumeric with _ or -")
+        if self.model not in MODELS:
+            raise ConfigError(f"variant {self.name}: model must be one of {MODELS}, got {self.model!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(
+                f"variant {self.name}: normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
+            )
+        mods = tuple(self.modalities)
+        if not mods or any(m not in MODALITIES for m in mods) or len(set(mods)) != len(mods):
+            raise ConfigError(f"variant {self.name}: modalities must be a non-empty subset of {MODALITIES}")
+        object.__setattr__(self, "modalities", tuple(m for m in MODALITIES if m in mods))
+        if min(self.lambda_pg, self.lambda_gan, self.lambda_l1) < 0:
+            raise ConfigError(f"variant {self.name}: loss weights must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["modalities"] = list(self.modalities)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_any(cls, obj: "Variant | dict[str, Any] | str") -> "Variant":
+        if isinstance(obj, Variant):
+            return obj
+        if isinstance(obj, str):
+            obj = json.loads(obj)
+        return _build(cls, dict(obj), "variant")
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str
+    seed: int
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    variants: tuple[Variant, ...] = ()
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise ConfigError(f"no variant named {name!r}; known: {[v.name for v in self.variants]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["variants"] = [v.to_dict() for v in self.variants]
+        return d
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
+    kwargs = {}
+    for k, v in raw.items():
+        if isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # missing required key
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def default_params_path() -> Path:
+    """``params.yaml`` in the current directory, else the one at the repository root."""
+    here = Path("params.yaml")
+    if here.exists():
+        return here
+    return Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+def load_config(path: str | Path | None = None, profile: str | None = None) -> Config:
+    """Read ``params.yaml`` and return the chosen profile as a :class:`Config`.
+
+    ``profile`` defaults to the file's top-level ``profile`` key.
+    """
+    path = Path(path) if path else default_params_path()
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict) or "profiles" not in raw:
+        raise ConfigError(f"{path}: expected a mapping with a 'profiles' key")
+    profile = profile or raw.get("profile") or "demo"
+    profiles = raw["profiles"]
+    if profile not in profiles:
+        raise ConfigError(f"{path}: no profile {profile!r}; known: {sorted(profiles)}")
+    p = dict(profiles[profile])
+    where = f"{path}:profiles.{profile}"
+    sections = {
+        "synth": SynthConfig,
+        "register": RegisterConfig,
+        "split": SplitConfig,
+        "train": TrainConfig,
+        "evaluate": EvaluateConfig,
+        "study": StudyConfig,
+    }
+    unknown = set(p) - set(sections) - {"seed"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}")
+    built = {k: _build(c, dict(p.get(k) or {}), f"{where}.{k}") for k, c in sections.items()}
+    variants = tuple(_build(Variant, dict(v), f"{path}:variants[{i}]") for i, v in enumerate(raw.get("variants") or []))
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: duplicate variant names in {names}")
+    return Config(profile=profile, seed=int(p.get("seed", 0)), variants=variants, **built)

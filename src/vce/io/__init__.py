@@ -1,0 +1,1 @@
+"""Input/output: atomic writes, NIfTI volumes, patient directories."""

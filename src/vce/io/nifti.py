@@ -1,0 +1,52 @@
+"""NIfTI volumes via SimpleITK, with validation that names the file and the problem.
+
+Volumes are handled as ``SimpleITK.Image`` (physical space: origin, spacing in mm, direction)
+and as numpy arrays in SimpleITK's (z, y, x) index order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .atomic import atomic_file
+from .errors import VCEInputError
+
+#: The four files of one patient in the raw and registered layouts.
+PATIENT_FILES = {"T1": "T1.nii.gz", "T2": "T2.nii.gz", "T1C": "T1C.nii.gz", "mask": "tumor_mask.nii.gz"}
+
+
+def read_volume(path: str | Path, *, what: str = "volume", allow_constant: bool = False) -> sitk.Image:
+    """Read a 3D image and check it is usable (exists, readable, 3D scalar, finite, not constant)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VCEInputError(f"{path}: missing {what} file")
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise VCEInputError(f"{path}: cannot read {what} as an image ({first})") from exc
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise VCEInputError(
+            f"{path}: {what} must be a 3D scalar volume, got {img.GetDimension()}D with "
+            f"{img.GetNumberOfComponentsPerPixel()} component(s)"
+        )
+    arr = sitk.GetArrayViewFromImage(img)
+    if not np.all(np.isfinite(arr)):
+        raise VCEInputError(f"{path}: {what} contains NaN or Inf values")
+    if not allow_constant and float(arr.max()) == float(arr.min()):
+        raise VCEInputError(f"{path}: {what} is constant (all voxels = {float(arr.max())})")
+    return img
+
+
+def write_volume(img: sitk.Image, path: str | Path) -> None:
+    """Write ``img`` to ``path`` atomically (compressed NIfTI when the name ends in .nii.gz)."""
+    with atomic_file(path, suffix=".nii.gz" if str(path).endswith(".nii.gz") else Path(path).suffix) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=str(path).endswith(".gz"))
+
+
+def to_uint12(arr: np.ndarray) -> np.ndarray:
+    """Round and clip to the 12-bit scanner range [0, 4095] as int16."""
+    return np.clip(np.rint(arr), 0, 4095).astype(np.int16)
