@@ -175,8 +175,14 @@ def load_config(path: str | Path | None = None, profile: str | None = None) -> C
     path = Path(path) if path else default_params_path()
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
+    return load_config_text(path.read_text(), profile, source=str(path))
+
+
+def load_config_text(text: str, profile: str | None = None, source: str = "params") -> Config:
+    """Like :func:`load_config`, from the YAML text itself (how the Kubeflow components get it)."""
+    path = source
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict) or "profiles" not in raw:

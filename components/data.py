@@ -1,0 +1,63 @@
+"""Data components: cohort -> register -> split -> normalize."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from . import VCE_IMAGE
+
+
+@dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
+def cohort_op(source_dir: str, params_yaml: str, profile: str, cohort: Output[Dataset]):
+    """Snapshot the raw cohort at ``source_dir`` (validated), or synthesise one when it is empty."""
+    import shutil
+
+    from vce import steps
+    from vce.config import load_config_text
+    from vce.io.atomic import atomic_dir
+    from vce.io.cohort import list_patients
+
+    cfg = load_config_text(params_yaml, profile)
+    if source_dir:
+        pids = list_patients(source_dir)
+        with atomic_dir(cohort.path) as tmp:
+            for pid in pids:
+                shutil.copytree(f"{source_dir}/{pid}", tmp / pid)
+            if __import__("os").path.isfile(f"{source_dir}/cohort.json"):
+                shutil.copy2(f"{source_dir}/cohort.json", tmp / "cohort.json")
+    else:
+        pids = steps.synth(cohort.path, cfg)
+    cohort.metadata["patients"] = len(pids)
+
+
+@dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
+def register_op(cohort: Input[Dataset], params_yaml: str, profile: str, registered: Output[Dataset]):
+    """T1 and T1C onto the T2 grid; QC table in the artifact."""
+    from vce import steps
+    from vce.config import load_config_text
+
+    qc = steps.register(cohort.path, registered.path, load_config_text(params_yaml, profile))
+    for col in [c for c in qc.columns if c.endswith("tre_mean_mm")]:
+        registered.metadata[col] = float(qc[col].mean())
+
+
+@dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
+def split_op(registered: Input[Dataset], params_yaml: str, profile: str, split: Output[Dataset]):
+    """Patient-level split and 2D slice store."""
+    import json
+
+    from vce import steps
+    from vce.config import load_config_text
+
+    steps.split(registered.path, split.path, load_config_text(params_yaml, profile))
+    info = json.load(open(f"{split.path}/split.json"))
+    split.metadata.update({"split_id": info["split_id"], **{f"{k}_slices": v for k, v in info["slices"].items()}})
+
+
+@dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
+def normalize_op(split: Input[Dataset], params_yaml: str, profile: str, normalized: Output[Dataset]):
+    """z-score, sigmoid and tanh stores plus per-patient parameters and the T1C calibration."""
+    from vce import steps
+    from vce.config import load_config_text
+
+    params = steps.normalize(split.path, normalized.path, load_config_text(params_yaml, profile))
+    normalized.metadata["calibration_rel_error_mu"] = params["calibration"]["train_rel_error_mu"]

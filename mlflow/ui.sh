@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Start the MLflow UI / tracking server against the project's local store (SQLite + artifacts
+# beside it). Usage: bash mlflow/ui.sh [PORT]   then open http://127.0.0.1:PORT/#/experiments
+# The runs table of the study is at #/experiments/<id>/runs (parent "study-<profile>" run,
+# one child per ablation: expand it to compare).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+port="${1:-5000}"
+export MLFLOW_DISABLE_TELEMETRY=true MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+bin="$here/../.venv/bin"
+[ -x "$bin/mlflow" ] || bin="$(dirname "$(command -v mlflow)")"
+exec "$bin/mlflow" server \
+  --backend-store-uri "sqlite:///$here/mlflow.db" \
+  --default-artifact-root "file://$here/artifacts" \
+  --serve-artifacts \
+  --host 127.0.0.1 --port "$port" --workers 1

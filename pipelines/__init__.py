@@ -1,0 +1,1 @@
+"""Kubeflow pipelines of the project (wiring only)."""

@@ -1,0 +1,89 @@
+"""The VCE study DAG: cohort -> register -> split -> normalize -> [train -> evaluate] x variants -> compare.
+
+Wiring only; every step is a component in ``components/``. The same definition runs on a
+Kubeflow cluster (compiled ``vce_study.yaml``; training requests one GPU) and locally with kfp's
+SubprocessRunner (``vce run``), where accelerator settings are ignored.
+
+    python -m pipelines.vce_study            # recompile pipelines/vce_study.yaml
+"""
+
+
+import json
+from pathlib import Path
+
+from kfp import compiler, dsl
+
+from components.data import cohort_op, normalize_op, register_op, split_op
+from components.evaluation import compare_op, evaluate_op
+from components.training import start_study_op, train_op
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPILED = Path(__file__).with_suffix(".yaml")
+CLUSTER_PARALLELISM = 8
+
+
+def default_arguments(params_path: Path = ROOT / "params.yaml") -> dict:
+    """Pipeline defaults baked into the compiled YAML: the params file text and its variants."""
+    import yaml
+
+    text = params_path.read_text()
+    raw = yaml.safe_load(text)
+    return {
+        "params_yaml": text,
+        "profile": raw.get("profile", "demo"),
+        "variants": [json.dumps(v, sort_keys=True) for v in raw["variants"]],
+    }
+
+
+def build_pipeline(parallelism: int = CLUSTER_PARALLELISM, defaults: dict | None = None):
+    """The ``@dsl.pipeline`` function; ``parallelism`` caps concurrent trainings."""
+    d = defaults or default_arguments()
+
+    @dsl.pipeline(name="vce-study", description="PGMGVCE virtual contrast enhancement study with ablations and MMgSN-Net baseline")
+    def vce_study(
+        params_yaml: str = d["params_yaml"],
+        profile: str = d["profile"],
+        variants: list = d["variants"],
+        source_dir: str = "",
+        tracking_uri: str = "",
+        experiment: str = "vce-study",
+    ) -> dsl.Dataset:
+        cohort = cohort_op(source_dir=source_dir, params_yaml=params_yaml, profile=profile).set_display_name("cohort")
+        registered = register_op(cohort=cohort.outputs["cohort"], params_yaml=params_yaml, profile=profile)
+        registered.set_display_name("register").set_cpu_limit("4").set_memory_limit("8G")
+        split = split_op(registered=registered.outputs["registered"], params_yaml=params_yaml, profile=profile)
+        split.set_display_name("slice-and-split")
+        normalized = normalize_op(split=split.outputs["split"], params_yaml=params_yaml, profile=profile)
+        normalized.set_display_name("normalize")
+        study = start_study_op(tracking_uri=tracking_uri, experiment=experiment, params_yaml=params_yaml, profile=profile)
+        study.set_display_name("start-study").set_caching_options(False)
+        with dsl.ParallelFor(variants, parallelism=parallelism, name="ablations") as variant:
+            train = train_op(
+                normalized=normalized.outputs["normalized"], variant=variant, params_yaml=params_yaml,
+                profile=profile, tracking_uri=tracking_uri, experiment=experiment, parent_run_id=study.output,
+            )
+            train.set_display_name("train").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+            train.set_memory_limit("16G").set_caching_options(False)
+            evaluation = evaluate_op(
+                model=train.outputs["model"], registered=registered.outputs["registered"],
+                split=split.outputs["split"], normalized=normalized.outputs["normalized"],
+                params_yaml=params_yaml, profile=profile,
+            )
+            evaluation.set_display_name("evaluate").set_caching_options(False)
+        report = compare_op(
+            evaluations=dsl.Collected(evaluation.outputs["evaluation"]), params_yaml=params_yaml, profile=profile,
+            tracking_uri=tracking_uri, parent_run_id=study.output,
+        )
+        report.set_display_name("compare-to-baseline").set_caching_options(False)
+        return report.outputs["report"]
+
+    return vce_study
+
+
+def compile_pipeline(path: Path = COMPILED) -> Path:
+    compiler.Compiler().compile(build_pipeline(), package_path=str(path))
+    return path
+
+
+if __name__ == "__main__":
+    print(compile_pipeline())

@@ -1,0 +1,155 @@
+"""``vce``: one command, one sub-command per step of the study. Argument parsing only.
+
+Every sub-command reads ``params.yaml`` (``--params``, ``--profile``) and calls
+:mod:`vce.steps`. Bad input exits with status 2 and a message naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+from .io.errors import VCEInputError
+
+OUT = Path("outputs")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default=None, help="params file (default: ./params.yaml)")
+    p.add_argument("--profile", default=None, help="profile in the params file: demo | paper | tiny (default: its 'profile' key)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vce", description="Virtual contrast enhancement for MRI (PGMGVCE study).")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="STEP")
+
+    p = sub.add_parser("synth", help="generate the synthetic cohort (raw layout)")
+    p.add_argument("--out", default="data", help="cohort directory to write (default: data)")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: cores, max 4)")
+    _common(p)
+
+    p = sub.add_parser("register", help="register T1 and T1C onto the T2 grid (rigid, Mattes MI)")
+    p.add_argument("--raw", default="data", help="raw cohort directory (default: data)")
+    p.add_argument("--out", default=str(OUT / "registered"))
+    p.add_argument("--workers", type=int, default=None)
+    _common(p)
+
+    p = sub.add_parser("split", help="split by patient and write the 2D slice store")
+    p.add_argument("--registered", default=str(OUT / "registered"))
+    p.add_argument("--out", default=str(OUT / "split"))
+    _common(p)
+
+    p = sub.add_parser("normalize", help="z-score / sigmoid / tanh normalisation per patient (eq. 11-13)")
+    p.add_argument("--split", default=str(OUT / "split"))
+    p.add_argument("--out", default=str(OUT / "normalized"))
+    _common(p)
+
+    p = sub.add_parser("train", help="train one variant of the study")
+    p.add_argument("--variant", required=True, help="variant name from params.yaml (e.g. pgmgvce_main) or a JSON object")
+    p.add_argument("--normalized", default=str(OUT / "normalized"))
+    p.add_argument("--out", default=None, help="run directory (default: outputs/runs/<variant>)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: project SQLite store)")
+    p.add_argument("--parent-run-id", default=None, help="MLflow parent (study) run id")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    _common(p)
+
+    p = sub.add_parser("evaluate", help="predict the test patients and compute the paper's metrics")
+    p.add_argument("--model", required=True, help="run directory of a trained variant (holds checkpoint.pt)")
+    p.add_argument("--registered", default=str(OUT / "registered"))
+    p.add_argument("--split", default=str(OUT / "split"))
+    p.add_argument("--normalized", default=str(OUT / "normalized"))
+    p.add_argument("--out", default=None, help="default: outputs/eval/<run directory name>")
+    p.add_argument("--no-tracking", action="store_true")
+    _common(p)
+
+    p = sub.add_parser("compare", help="the paper's tables (Table 1, Table 2, three ablations)")
+    p.add_argument("--eval", nargs="+", default=None, help="evaluation directories (default: outputs/eval/*)")
+    p.add_argument("--out", default=str(OUT / "report"))
+    _common(p)
+
+    p = sub.add_parser("predict", help="one patient's T1 + T2 NIfTI -> synthetic T1C NIfTI")
+    p.add_argument("--t1", required=True)
+    p.add_argument("--t2", required=True)
+    p.add_argument("--model", required=True, help="run directory (holds checkpoint.pt)")
+    p.add_argument("--out", required=True, help="output NIfTI path (.nii.gz)")
+    _common(p)
+
+    p = sub.add_parser("run", help="the whole study through the Kubeflow pipeline (kfp local runner)")
+    p.add_argument("--data", default="data", help="raw cohort (synthesised there first if absent)")
+    p.add_argument("--out", default=str(OUT / "study"), help="study outputs (kfp artifacts, report)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: project SQLite store)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: vce-study)")
+    p.add_argument("--parallelism", type=int, default=None, help="trainings at once (default: profile's study.parallelism)")
+    _common(p)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("alembic", "mlflow.store.db.utils", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return _dispatch(args)
+    except (VCEInputError, ConfigError) as exc:
+        print(f"vce {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from . import steps
+    from .tracking import default_tracking_uri
+
+    cfg = load_config(args.params, args.profile)
+    if args.cmd == "synth":
+        pids = steps.synth(args.out, cfg, args.workers)
+        print(f"wrote {len(pids)} synthetic patients to {args.out}")
+    elif args.cmd == "register":
+        qc = steps.register(args.raw, args.out, cfg, args.workers)
+        print(qc.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    elif args.cmd == "split":
+        m = steps.split(args.registered, args.out, cfg)
+        print(m.groupby("split").agg(patients=("patient", "count"), slices=("n_slices", "sum")).to_string())
+    elif args.cmd == "normalize":
+        steps.normalize(args.split, args.out, cfg)
+        print(f"wrote {args.out}")
+    elif args.cmd == "train":
+        name = args.variant if not args.variant.lstrip().startswith("{") else None
+        out = args.out or str(OUT / "runs" / (name or "custom"))
+        uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
+        steps.train(args.normalized, out, cfg, args.variant, tracking_uri=uri, parent_run_id=args.parent_run_id)
+        print(f"wrote {out}")
+    elif args.cmd == "evaluate":
+        out = args.out or str(OUT / "eval" / Path(args.model).name)
+        t = steps.evaluate(args.model, args.registered, args.split, args.normalized, out, cfg, track=not args.no_tracking)
+        print(t.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    elif args.cmd == "compare":
+        dirs = args.eval or sorted(str(p.parent) for p in (OUT / "eval").glob("*/variant.json"))
+        if not dirs:
+            raise VCEInputError(f"{OUT / 'eval'}: no evaluation directories (run `vce evaluate` first)")
+        from .reporting.tables import format_console
+
+        tables = steps.compare(dirs, args.out, cfg)
+        print(format_console(tables))
+        print(f"\nreport: {Path(args.out) / 'summary.md'}")
+    elif args.cmd == "predict":
+        steps.predict(args.t1, args.t2, args.model, args.out, cfg)
+        print(f"wrote {args.out}")
+    elif args.cmd == "run":
+        from .study import run_study
+
+        run_study(cfg, data=args.data, out=args.out, tracking_uri=args.tracking_uri or default_tracking_uri(),
+                  experiment=args.experiment, parallelism=args.parallelism, params_path=args.params)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

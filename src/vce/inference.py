@@ -1,0 +1,67 @@
+"""Volume in, synthetic T1C volume out: slicing, normalisation, batched generator, inverse.
+
+Arrays are (z, y, x) in scanner units on the T2 grid; the generator sees (B, C, S, S)
+normalised slices with channels in the order of ``variant.modalities`` (T1 before T2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .prep.normalization import forward, inverse, patient_stats
+from .prep.registration import body_mask
+from .prep.slicing import SliceGeometry, content_slices, from_square, to_square
+
+
+@torch.no_grad()
+def run_generator(generator: torch.nn.Module, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """(N, C, S, S) float32 -> (N, S, S) float32, in batches, without gradients."""
+    generator.eval()
+    out = []
+    for i in range(0, len(inputs), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch_size], dtype=np.float32))
+        out.append(generator(x)[:, 0].cpu().numpy())
+    return np.concatenate(out, axis=0) if out else np.zeros((0,) + inputs.shape[2:], np.float32)
+
+
+def input_statistics(
+    volumes: dict[str, np.ndarray], image_size: int, min_body_fraction: float
+) -> dict[str, dict[str, float]]:
+    """Per-modality (mu, sd) exactly as ``split`` + ``normalize`` compute them for a stored patient."""
+    geom = SliceGeometry.for_shape(volumes["T2"].shape[1:], image_size)
+    z = content_slices(volumes["T2"], min_body_fraction)
+    body = to_square(body_mask(volumes["T2"])[z].astype(np.float32), geom, order=0) > 0.5
+    stats = {}
+    for m, vol in volumes.items():
+        mu, sd = patient_stats(to_square(vol[z], geom), body)
+        stats[m] = {"mu": mu, "sd": sd}
+    return stats
+
+
+def synthesize_t1c(
+    generator: torch.nn.Module,
+    variant: dict[str, Any],
+    volumes: dict[str, np.ndarray],
+    stats: dict[str, dict[str, float]],
+    t1c_stats: tuple[float, float],
+    image_size: int,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Synthetic T1C (z, y, x), scanner units clipped to [0, 4095], for every slice of the volume.
+
+    ``volumes`` holds the registered inputs named in ``variant["modalities"]``; ``stats`` their
+    patient statistics; ``t1c_stats`` the (mu, sd) used to invert the normalisation.
+    """
+    method = variant["normalization"]
+    mods = list(variant["modalities"])
+    shape = volumes[mods[0]].shape
+    geom = SliceGeometry.for_shape(shape[1:], image_size)
+    x = np.stack(
+        [forward(to_square(volumes[m], geom), stats[m]["mu"], stats[m]["sd"], method) for m in mods], axis=1
+    )
+    y = run_generator(generator, x, batch_size)
+    pred = inverse(from_square(y, geom), t1c_stats[0], t1c_stats[1], method)
+    return np.clip(pred, 0.0, 4095.0)

@@ -1,0 +1,51 @@
+"""The raw and registered cohort layout: one directory per patient.
+
+```
+<cohort>/<patient_id>/T1.nii.gz          T1-weighted (any grid)
+<cohort>/<patient_id>/T2.nii.gz          T2-weighted (the reference grid)
+<cohort>/<patient_id>/T1C.nii.gz         contrast-enhanced T1 (training/evaluation target)
+<cohort>/<patient_id>/tumor_mask.nii.gz  optional, on the T2 grid
+<cohort>/<patient_id>/motion.json        optional, synthetic patients only (true T2->T1/T1C transforms)
+```
+Patient ids are directory names of letters, digits, ``_`` and ``-``; directories starting with ``.``
+are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import VCEInputError
+from .nifti import PATIENT_FILES
+
+_PID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+REQUIRED = ("T1", "T2", "T1C")
+
+
+def check_patient_id(pid: str) -> str:
+    """Return ``pid`` if it is a safe patient id (no path separators, no ``..``), else raise."""
+    if not _PID.match(pid):
+        raise VCEInputError(
+            f"invalid patient id {pid!r}: use 1-64 letters, digits, '_' or '-' (no path separators or '..')"
+        )
+    return pid
+
+
+def list_patients(cohort_dir: str | Path, required: tuple[str, ...] = REQUIRED) -> list[str]:
+    """Sorted patient ids of ``cohort_dir``, checking each has the ``required`` modalities."""
+    cohort_dir = Path(cohort_dir)
+    if not cohort_dir.is_dir():
+        raise VCEInputError(f"{cohort_dir}: cohort directory not found")
+    pids = []
+    for p in sorted(cohort_dir.iterdir()):
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        check_patient_id(p.name)
+        missing = [PATIENT_FILES[m] for m in required if not (p / PATIENT_FILES[m]).is_file()]
+        if missing:
+            raise VCEInputError(f"{p}: patient {p.name} is missing {', '.join(missing)}")
+        pids.append(p.name)
+    if not pids:
+        raise VCEInputError(f"{cohort_dir}: no patient directories found")
+    return pids

@@ -1,0 +1,1 @@
+"""Data preparation: cohort discovery, registration, slicing and splitting, normalisation."""

@@ -1,0 +1,67 @@
+"""2D axial slices of a registered volume, square-padded and resized, and the exact way back.
+
+A (y, x) slice is zero-padded to a centred square (aspect preserved, never stretched), then
+resized to ``size x size`` with linear interpolation. :class:`SliceGeometry` records what is
+needed to map a predicted ``size x size`` slice back onto the original T2 grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from skimage.transform import resize
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """How the slices of one volume were made. Shapes are (y, x) in voxels."""
+
+    in_shape: tuple[int, int]
+    square: int
+    pad_y: tuple[int, int]
+    pad_x: tuple[int, int]
+    size: int
+
+    @classmethod
+    def for_shape(cls, in_shape: tuple[int, int], size: int) -> "SliceGeometry":
+        ny, nx = int(in_shape[0]), int(in_shape[1])
+        sq = max(ny, nx)
+        py, px = sq - ny, sq - nx
+        return cls((ny, nx), sq, (py // 2, py - py // 2), (px // 2, px - px // 2), int(size))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SliceGeometry":
+        return cls(tuple(d["in_shape"]), int(d["square"]), tuple(d["pad_y"]), tuple(d["pad_x"]), int(d["size"]))
+
+
+def to_square(volume: np.ndarray, geom: SliceGeometry, order: int = 1) -> np.ndarray:
+    """(z, y, x) volume -> (z, size, size) float32 slices (pad then resize)."""
+    v = np.pad(np.asarray(volume, dtype=np.float32), ((0, 0), geom.pad_y, geom.pad_x))
+    if geom.square == geom.size:
+        return v
+    out = resize(v, (v.shape[0], geom.size, geom.size), order=order, mode="edge", anti_aliasing=False, preserve_range=True)
+    return out.astype(np.float32)
+
+
+def from_square(slices: np.ndarray, geom: SliceGeometry, order: int = 1) -> np.ndarray:
+    """(z, size, size) slices -> (z, y, x) on the original grid (inverse of :func:`to_square`)."""
+    v = np.asarray(slices, dtype=np.float32)
+    if geom.square != geom.size:
+        v = resize(v, (v.shape[0], geom.square, geom.square), order=order, mode="edge", anti_aliasing=False, preserve_range=True)
+    ny, nx = geom.in_shape
+    return v[:, geom.pad_y[0] : geom.pad_y[0] + ny, geom.pad_x[0] : geom.pad_x[0] + nx].astype(np.float32)
+
+
+def body_fraction(t2_slices: np.ndarray, threshold: float) -> np.ndarray:
+    """Fraction of each (y, x) slice of a (z, y, x) array above ``threshold``."""
+    return (t2_slices > threshold).reshape(len(t2_slices), -1).mean(axis=1)
+
+
+def content_slices(t2: np.ndarray, min_body_fraction: float) -> np.ndarray:
+    """Indices z of slices whose body (T2 above 10% of its 99th percentile) covers enough of the slice."""
+    thr = 0.1 * float(np.percentile(t2, 99))
+    return np.flatnonzero(body_fraction(t2, thr) >= min_body_fraction)

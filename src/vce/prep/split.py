@@ -1,0 +1,160 @@
+"""Patient-level train/test split and the 2D slice store.
+
+Layout written to ``<out>``:
+
+```
+manifest.csv          patient, split, n_slices, sha256 (of the patient's registered T1, T2, T1C files)
+split.json            seed, ratio, counts and split_id (sha256 of the manifest)
+geometry.json         per patient: T2 grid (size, spacing, origin, direction), SliceGeometry, kept z
+train/  test/         T1.npy T2.npy T1C.npy (float32, scanner units), body.npy tumor.npy (uint8),
+                      all (N, S, S) in the same slice order, and index.csv (patient, z)
+```
+A patient's slices are all in one split (never both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from ..config import SplitConfig
+from ..io.atomic import atomic_dir, write_json
+from ..io.cohort import list_patients
+from ..io.errors import VCEInputError
+from ..io.nifti import PATIENT_FILES, read_volume
+from .registration import body_mask
+from .slicing import SliceGeometry, content_slices, to_square
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+STORE_MODALITIES = ("T1", "T2", "T1C")
+
+
+def assign_split(pids: list[str], test_ratio: float, seed: int) -> dict[str, str]:
+    """Seeded patient-level assignment: ``round(n * test_ratio)`` (at least 1) patients to test."""
+    n = len(pids)
+    if not 0 < test_ratio < 1:
+        raise VCEInputError(f"test_ratio must be in (0, 1), got {test_ratio}")
+    n_test = max(1, int(round(n * test_ratio)))
+    if n - n_test < 1:
+        raise VCEInputError(f"cohort too small to split: {n} patient(s) give {n_test} test and {n - n_test} train")
+    order = np.random.default_rng(seed).permutation(sorted(pids))
+    test = set(order[:n_test].tolist())
+    return {p: ("test" if p in test else "train") for p in sorted(pids)}
+
+
+def file_hash(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load_patient(pdir: Path) -> dict[str, np.ndarray | sitk.Image]:
+    pid = pdir.name
+    vols: dict[str, Any] = {}
+    ref = None
+    for m in STORE_MODALITIES:
+        img = read_volume(pdir / PATIENT_FILES[m], what=f"registered {m} of patient {pid}")
+        if ref is None:
+            ref = img
+        elif img.GetSize() != ref.GetSize():
+            raise VCEInputError(f"{pdir / PATIENT_FILES[m]}: size {img.GetSize()} differs from T1's {ref.GetSize()}")
+        vols[m] = sitk.GetArrayFromImage(img).astype(np.float32)
+    mp = pdir / PATIENT_FILES["mask"]
+    vols["tumor"] = (
+        sitk.GetArrayFromImage(read_volume(mp, allow_constant=True)).astype(np.uint8)
+        if mp.is_file()
+        else np.zeros_like(vols["T2"], dtype=np.uint8)
+    )
+    vols["image"] = ref
+    return vols
+
+
+def grid_of(img: sitk.Image) -> dict[str, Any]:
+    return {
+        "size": list(img.GetSize()),
+        "spacing": list(img.GetSpacing()),
+        "origin": list(img.GetOrigin()),
+        "direction": list(img.GetDirection()),
+    }
+
+
+def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConfig, seed: int) -> pd.DataFrame:
+    """Split ``registered_dir`` by patient and write the slice store (atomic). Returns the manifest."""
+    registered_dir = Path(registered_dir)
+    pids = list_patients(registered_dir)
+    assignment = assign_split(pids, cfg.test_ratio, seed)
+    S = cfg.image_size
+    # Pass 1: which slices each patient contributes (T2 only), so the store can be preallocated
+    # as memory-mapped arrays: memory does not grow with cohort size.
+    kept: dict[str, np.ndarray] = {}
+    for pid in pids:
+        t2 = sitk.GetArrayFromImage(read_volume(registered_dir / pid / PATIENT_FILES["T2"], what=f"T2 of patient {pid}"))
+        kept[pid] = content_slices(t2, cfg.min_body_fraction)
+        if len(kept[pid]) == 0:
+            raise VCEInputError(f"{registered_dir / pid}: patient {pid} has no slice with body content")
+    rows, geometry = [], {}
+    with atomic_dir(out_dir) as tmp:
+        stores: dict[str, dict[str, np.memmap]] = {}
+        cursor = {s: 0 for s in SPLITS}
+        index: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
+        for s in SPLITS:
+            n = sum(len(kept[p]) for p in pids if assignment[p] == s)
+            (tmp / s).mkdir()
+            stores[s] = {
+                m: np.lib.format.open_memmap(tmp / s / f"{m}.npy", mode="w+", dtype=np.float32, shape=(n, S, S))
+                for m in STORE_MODALITIES
+            }
+            for m in ("body", "tumor"):
+                stores[s][m] = np.lib.format.open_memmap(tmp / s / f"{m}.npy", mode="w+", dtype=np.uint8, shape=(n, S, S))
+        for pid in pids:
+            s, z = assignment[pid], kept[pid]
+            vols = load_patient(registered_dir / pid)
+            geom = SliceGeometry.for_shape(vols["T2"].shape[1:], S)
+            i0, i1 = cursor[s], cursor[s] + len(z)
+            for m in STORE_MODALITIES:
+                stores[s][m][i0:i1] = to_square(vols[m][z], geom)
+            body = body_mask(vols["T2"])
+            stores[s]["body"][i0:i1] = to_square(body[z].astype(np.float32), geom, order=0) > 0.5
+            stores[s]["tumor"][i0:i1] = to_square(vols["tumor"][z].astype(np.float32), geom, order=0) > 0.5
+            cursor[s] = i1
+            index[s] += [(pid, int(k)) for k in z]
+            files = [registered_dir / pid / PATIENT_FILES[m] for m in STORE_MODALITIES]
+            rows.append({"patient": pid, "split": s, "n_slices": len(z), "sha256": file_hash(files)})
+            geometry[pid] = {"grid": grid_of(vols["image"]), "slices": geom.to_dict(), "z": [int(k) for k in z]}
+        for s in SPLITS:
+            for arr in stores[s].values():
+                arr.flush()
+            pd.DataFrame(index[s], columns=["patient", "z"]).to_csv(tmp / s / "index.csv", index=False)
+        manifest = pd.DataFrame(rows, columns=["patient", "split", "n_slices", "sha256"])
+        manifest.to_csv(tmp / "manifest.csv", index=False)
+        split_id = hashlib.sha256((tmp / "manifest.csv").read_bytes()).hexdigest()
+        summary = {
+            "seed": seed,
+            "test_ratio": cfg.test_ratio,
+            "image_size": S,
+            "patients": {s: int((manifest.split == s).sum()) for s in SPLITS},
+            "slices": {s: int(cursor[s]) for s in SPLITS},
+            "split_id": split_id,
+        }
+        write_json(tmp / "split.json", summary)
+        write_json(tmp / "geometry.json", geometry)
+        del stores
+    logger.info("split %s: %s", split_id[:12], summary)
+    return manifest
+
+
+def load_geometry(split_dir: str | Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((Path(split_dir) / "geometry.json").read_text())

@@ -1,0 +1,164 @@
+"""The study's steps as pure functions of (input paths, config) -> output paths.
+
+The CLI (`vce <step>`), DVC (`dvc.yaml`) and the Kubeflow components all call these, so the
+science lives in one place. Each step writes its output atomically and can be rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import Config, Variant
+from .tracking import DEFAULT_EXPERIMENT, MlflowTracker, start_run
+
+logger = logging.getLogger(__name__)
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def synth(out: str | Path, cfg: Config, workers: int | None = None) -> list[str]:
+    from .synth.cohort import synthesize_cohort
+
+    return synthesize_cohort(out, cfg.synth, cfg.seed, workers=workers or default_workers())
+
+
+def register(raw: str | Path, out: str | Path, cfg: Config, workers: int | None = None) -> pd.DataFrame:
+    from .prep.registration import register_cohort
+
+    return register_cohort(raw, out, cfg.register, seed=cfg.seed, workers=workers or default_workers())
+
+
+def split(registered: str | Path, out: str | Path, cfg: Config) -> pd.DataFrame:
+    from .prep.split import split_cohort
+
+    return split_cohort(registered, out, cfg.split, cfg.seed)
+
+
+def normalize(split_dir: str | Path, out: str | Path, cfg: Config) -> dict[str, Any]:
+    from .prep.normalization import normalize_split
+
+    return normalize_split(split_dir, out)
+
+
+def _tracker(tracking_uri: str | None, name: str, parent_run_id: str | None, experiment: str) -> MlflowTracker | None:
+    if not tracking_uri:
+        return None
+    return start_run(tracking_uri, name, experiment=experiment, parent_run_id=parent_run_id or None)
+
+
+def train(
+    normalized: str | Path,
+    out: str | Path,
+    cfg: Config,
+    variant: Variant | str | dict,
+    tracking_uri: str | None = None,
+    parent_run_id: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> Path:
+    """Train one variant on ``<normalized>/<variant.normalization>``; the checkpoint carries what
+    ``predict`` needs (image size, slice selection, T1C calibration, MLflow run id)."""
+    from .training.trainer import train_variant
+
+    v = cfg.variant(variant) if isinstance(variant, str) and not variant.lstrip().startswith("{") else Variant.from_any(variant)
+    normalized = Path(normalized)
+    params = json.loads((normalized / "params.json").read_text()) if (normalized / "params.json").is_file() else {}
+    tracker = _tracker(tracking_uri, v.name, parent_run_id, experiment)
+    metadata = {
+        "image_size": cfg.split.image_size,
+        "min_body_fraction": cfg.split.min_body_fraction,
+        "calibration": params.get("calibration"),
+        "register": dataclasses.asdict(cfg.register),
+        "profile": cfg.profile,
+        "mlflow_run_id": tracker.run_id if tracker else None,
+        "tracking_uri": tracking_uri,
+    }
+    if tracker:
+        tracker.set_tags({"vce.variant": v.name, "vce.profile": cfg.profile, "vce.model": v.model})
+    try:
+        path = train_variant(normalized / v.normalization, out, v, cfg.train, cfg.seed, tracker=tracker, metadata=metadata)
+    except BaseException:
+        if tracker:
+            tracker.finish("FAILED")
+        raise
+    return path
+
+
+def evaluate(
+    model_dir: str | Path, registered: str | Path, split_dir: str | Path, normalized: str | Path, out: str | Path,
+    cfg: Config, track: bool = True,
+) -> pd.DataFrame:
+    """Evaluate a trained variant; metrics go to the variant's MLflow run when it has one."""
+    from .evaluation import evaluate_variant
+    from .models.factory import load_generator
+
+    _, meta = load_generator(Path(model_dir) / "checkpoint.pt")
+    md = meta.get("metadata") or {}
+    variant = Variant.from_any(meta["variant"])
+    tracker = None
+    if track and md.get("mlflow_run_id") and md.get("tracking_uri"):
+        tracker = MlflowTracker(md["tracking_uri"], md["mlflow_run_id"])
+    try:
+        table = evaluate_variant(model_dir, registered, split_dir, Path(normalized) / variant.normalization, out, cfg.evaluate,
+                                 tracker=tracker)
+    except BaseException:
+        if tracker:
+            tracker.finish("FAILED")
+        raise
+    if tracker:
+        tracker.finish()
+    return table
+
+
+def compare(
+    eval_dirs: list[str | Path], out: str | Path, cfg: Config, tracking_uri: str | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Build the paper's tables from evaluation directories (each holds ``variant.json``)."""
+    from .reporting.tables import compare as build
+
+    dirs: dict[str, Path] = {}
+    variants = []
+    for d in eval_dirs:
+        d = Path(d)
+        v = Variant.from_any(json.loads((d / "variant.json").read_text()))
+        dirs[v.name] = d
+        variants.append(v)
+    main = cfg.variants[0].name if cfg.variants else "pgmgvce_main"
+    tables = build(dirs, variants, out, main=main)
+    if parent_run_id and tracking_uri:
+        tr = MlflowTracker(tracking_uri, parent_run_id)
+        for name in dirs:
+            summary = json.loads((dirs[name] / "summary.json").read_text())["mean_over_patients"]
+            tr.log_metrics({f"{name}.{k}": v for k, v in summary.items()})
+        for f in sorted(Path(out).iterdir()):
+            if f.is_file():
+                tr.log_artifact(f, "report")
+        tr.finish()
+    return tables
+
+
+def start_study(tracking_uri: str, cfg: Config, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None) -> str:
+    """Open the study's parent MLflow run; returns its id."""
+    tr = start_run(tracking_uri, run_name or f"study-{cfg.profile}", experiment=experiment,
+                   tags={"vce.profile": cfg.profile, "vce.role": "study"})
+    tr.log_params({"profile": cfg.profile, "seed": cfg.seed, "n_variants": len(cfg.variants),
+                   **{f"synth.{k}": v for k, v in cfg.synth.__dict__.items()},
+                   **{f"split.{k}": v for k, v in cfg.split.__dict__.items()},
+                   **{f"train.{k}": v for k, v in cfg.train.__dict__.items()}})
+    return tr.run_id
+
+
+def predict(t1: str | Path, t2: str | Path, model_dir: str | Path, out: str | Path, cfg: Config) -> Path:
+    """One new patient's T1 + T2 NIfTI -> synthetic T1C NIfTI on the T2 grid."""
+    from .predict import predict_patient
+
+    return predict_patient(t1, t2, Path(model_dir) / "checkpoint.pt", out)
