@@ -31,7 +31,7 @@ def default_arguments(params_path: Path = ROOT / "params.yaml") -> dict:
     return {
         "params_yaml": text,
         "profile": raw.get("profile", "demo"),
-        "variants": [json.dumps(v, sort_keys=True) for v in raw["variants"]],
+        "variants": [json.dumps({"name": k, **v}, sort_keys=True) for k, v in raw["variants"].items()],
     }
 
 

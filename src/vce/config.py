@@ -205,8 +205,8 @@ def load_config_text(text: str, profile: str | None = None, source: str = "param
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}")
     built = {k: _build(c, dict(p.get(k) or {}), f"{where}.{k}") for k, c in sections.items()}
-    variants = tuple(_build(Variant, dict(v), f"{path}:variants[{i}]") for i, v in enumerate(raw.get("variants") or []))
-    names = [v.name for v in variants]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{path}: duplicate variant names in {names}")
+    raw_variants = raw.get("variants") or {}
+    if not isinstance(raw_variants, dict):
+        raise ConfigError(f"{path}: 'variants' must be a mapping of name -> settings")
+    variants = tuple(_build(Variant, {"name": k, **dict(v)}, f"{path}:variants.{k}") for k, v in raw_variants.items())
     return Config(profile=profile, seed=int(p.get("seed", 0)), variants=variants, **built)
