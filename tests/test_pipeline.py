@@ -1,0 +1,41 @@
+"""The committed compiled pipeline is what the code compiles to, and the DAG has the study's shape."""
+
+import yaml
+
+from conftest import ROOT
+
+
+def test_compiled_pipeline_is_up_to_date(tmp_path):
+    from pipelines.vce_study import COMPILED, compile_pipeline
+
+    fresh = compile_pipeline(tmp_path / "vce_study.yaml")
+    assert COMPILED.read_text() == fresh.read_text(), (
+        "pipelines/vce_study.yaml is stale: run `make compile` (python -m pipelines.vce_study) and commit it"
+    )
+
+
+def test_dag_shape():
+    spec = yaml.safe_load((ROOT / "pipelines" / "vce_study.yaml").read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert {"cohort-op", "register-op", "split-op", "normalize-op", "start-study-op", "compare-op"} <= set(tasks)
+    loop = next(t for t in tasks.values() if "parameterIterator" in t)
+    inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert {"train-op", "evaluate-op"} <= set(inner)
+    # the 8 study variants are the loop's default items
+    variants = spec["root"]["inputDefinitions"]["parameters"]["variants"]["defaultValue"]
+    assert len(variants) == 8
+    # training asks for a GPU on the cluster
+    k8s = yaml.safe_dump(spec)
+    assert "nvidia.com/gpu" in k8s
+
+
+def test_cli_help_lists_every_step(capsys):
+    import pytest
+
+    from vce.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for step in ("synth", "register", "split", "normalize", "train", "evaluate", "compare", "predict", "run"):
+        assert step in out

@@ -1,0 +1,83 @@
+"""The whole study DAG through the real kfp local runner, at the tiny profile, with real MLflow."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_cfg, tiny_cohort):
+    from vce.study import run_study
+
+    work = tmp_path_factory.mktemp("study")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    data = work / "data"
+    shutil.copytree(tiny_cohort, data)
+    report = run_study(tiny_cfg, data=data, out=work / "out", tracking_uri=uri, params_path=ROOT / "params.yaml")
+    return {"work": work, "uri": uri, "report": report}
+
+
+def test_report_tables(study):
+    report = study["report"]
+    for name in ("table1_accuracy", "table2_texture", "ablation_ratio", "ablation_normalization", "ablation_modality"):
+        assert (report / f"{name}.csv").is_file() and (report / f"{name}.md").is_file(), name
+    t1 = pd.read_csv(report / "table1_accuracy.csv")
+    assert len(t1) == 3
+    assert "summary.md" in {p.name for p in report.iterdir()}
+
+
+def test_mlflow_parent_with_eight_children(study):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(study["uri"])
+    exp = client.get_experiment_by_name("vce-study")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 8
+    assert parent.info.status == "FINISHED"
+    for c in children:
+        assert c.info.status == "FINISHED"
+        assert "test_mae" in c.data.metrics and "loss_g" in c.data.metrics
+        assert len(client.get_metric_history(c.info.run_id, "loss_g")) >= 2
+        arts = {a.path for a in client.list_artifacts(c.info.run_id)}
+        assert "model" in arts and "evaluation" in arts
+    assert any(k.endswith(".mae") for k in parent.data.metrics)
+    assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_predictions_on_t2_grid(study, tiny_cohort):
+    preds = sorted((study["work"] / "out" / "kfp").rglob("pred/*.nii.gz"))
+    assert len(preds) == 8  # one test patient x 8 variants at the tiny profile
+    pid = preds[0].name.split(".")[0]
+    pred, t2 = sitk.ReadImage(str(preds[0])), sitk.ReadImage(str(tiny_cohort / pid / "T2.nii.gz"))
+    assert pred.GetSize() == t2.GetSize()
+    np.testing.assert_allclose(pred.GetOrigin(), t2.GetOrigin(), atol=1e-4)
+    a = sitk.GetArrayFromImage(pred)
+    assert a.min() >= 0 and a.max() <= 4095
+
+
+def test_predict_new_patient(study, tiny_cohort, tmp_path):
+    from vce.cli import main
+
+    model = next((study["work"] / "out" / "kfp").rglob("model/checkpoint.pt")).parent
+    pid = sorted(p.name for p in tiny_cohort.iterdir() if p.is_dir())[0]
+    out = tmp_path / "synthetic_T1C.nii.gz"
+    rc = main(["predict", "--t1", str(tiny_cohort / pid / "T1.nii.gz"), "--t2", str(tiny_cohort / pid / "T2.nii.gz"),
+               "--model", str(model), "--out", str(out), "--profile", "tiny"])
+    assert rc == 0
+    img = sitk.ReadImage(str(out))
+    t2 = sitk.ReadImage(str(tiny_cohort / pid / "T2.nii.gz"))
+    assert img.GetSize() == t2.GetSize()
+    assert "SYNTHETIC" in img.GetMetaData("descrip")
+    rc = main(["predict", "--t1", str(tmp_path / "missing.nii.gz"), "--t2", str(tiny_cohort / pid / "T2.nii.gz"),
+               "--model", str(model), "--out", str(tmp_path / "x.nii.gz"), "--profile", "tiny"])
+    assert rc == 2 and not (tmp_path / "x.nii.gz").exists()
