@@ -23,13 +23,14 @@ CLUSTER_PARALLELISM = 8
 
 
 def default_arguments(params_path: Path = ROOT / "params.yaml") -> dict:
-    """Pipeline defaults baked into the compiled YAML: the params file text and its variants."""
+    """Pipeline defaults baked into the compiled YAML: the params file (as one-line JSON, which is
+    YAML too: kfp copies defaults into the compiled file's header comment line by line) and its
+    variants."""
     import yaml
 
-    text = params_path.read_text()
-    raw = yaml.safe_load(text)
+    raw = yaml.safe_load(params_path.read_text())
     return {
-        "params_yaml": text,
+        "params_yaml": json.dumps(raw),
         "profile": raw.get("profile", "demo"),
         "variants": [json.dumps({"name": k, **v}, sort_keys=True) for k, v in raw["variants"].items()],
     }
