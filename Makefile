@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed-stamp
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE := 1
+export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test test-slow paper venv mlflow-ui compile dvc-repro bench clean
+.PHONY: demo test test-slow paper venv mlflow-ui compile dvc-repro clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 required (set PY=python3.11)"'
@@ -42,9 +43,6 @@ dvc-repro: $(STAMP)
 
 mlflow-ui: $(STAMP)
 	bash mlflow/ui.sh
-
-bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py --short
 
 clean:
 	rm -rf outputs
