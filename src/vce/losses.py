@@ -1,0 +1,112 @@
+"""Loss functions of the study: pixelwise gradient (paper eq. 1-2), LSGAN (eq. 3) and R1.
+
+All functions take and return ``torch`` tensors and are differentiable.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "image_gradients",
+    "normalized_gradients",
+    "pixelwise_gradient_loss",
+    "lsgan_d_loss",
+    "lsgan_g_loss",
+    "r1_penalty",
+    "l1_loss",
+]
+
+
+def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward differences of eq. 1 on ``(B, C, H, W)`` images.
+
+    ``gx(i, j) = x(i+1, j) - x(i, j)`` (along rows, dim -2) and ``gy(i, j) = x(i, j+1) - x(i, j)``
+    (along columns, dim -1). Both are **cropped** to the common ``(H-1) x (W-1)`` region where
+    both differences exist (no padding, so the border never contributes artificial edges).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    if x.shape[-2] < 2 or x.shape[-1] < 2:
+        raise ValueError(f"images must be at least 2x2, got {tuple(x.shape[-2:])}")
+    base = x[..., :-1, :-1]
+    gx = x[..., 1:, :-1] - base
+    gy = x[..., :-1, 1:] - base
+    return gx, gy
+
+
+def normalized_gradients(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised gradient field ``n = g / ||g||_eps`` with the smooth norm ``sqrt(gx^2 + gy^2 + eps^2)``.
+
+    The paper writes ``g / (||g|| + eps)``; ``||g||`` is not differentiable at ``g = 0`` (flat
+    regions, e.g. the background). The smooth norm ``sqrt(||g||^2 + eps^2)`` has the same
+    behaviour (``|n| -> 1`` where ``||g|| >> eps``, ``n -> 0`` where ``||g|| << eps``) but finite
+    derivatives everywhere, including on constant images.
+    """
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    gx, gy = image_gradients(x)
+    norm = torch.sqrt(gx * gx + gy * gy + eps * eps)
+    return gx / norm, gy / norm
+
+
+def pixelwise_gradient_loss(output: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Pixelwise gradient loss, paper eq. 2: ``-mean_pixels (n_output . n_target)^2``.
+
+    ``output`` and ``target`` are ``(B, C, H, W)`` (C = 1 for T1C). ``eps`` is in normalised
+    intensity units (``TrainConfig.pg_eps``). The squared dot product rewards gradients that
+    point in the same *or opposite* direction (a contrast inversion keeps the shape), so the loss
+    is invariant to the sign of either image and -- up to the ``eps`` regularisation -- to positive
+    rescaling of either. The paper sums over pixels; here the **mean** over the (cropped,
+    ``(H-1) x (W-1)``) pixels and the batch is used so the value does not depend on image or batch
+    size: it lies in ``[-1, 0]`` and is close to -1 when the shapes agree on textured images.
+    """
+    if output.shape != target.shape:
+        raise ValueError(f"output {tuple(output.shape)} and target {tuple(target.shape)} shapes differ")
+    ox, oy = normalized_gradients(output, eps)
+    tx, ty = normalized_gradients(target, eps)
+    dot = ox * tx + oy * ty
+    return -(dot * dot).mean()
+
+
+def lsgan_d_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """Least-squares GAN discriminator loss (Mao et al. 2017, a=0, b=1).
+
+    ``0.5 * mean((D(real) - 1)^2) + 0.5 * mean(D(fake)^2)``; the means run over batch and patch
+    positions of the PatchGAN output.
+    """
+    return 0.5 * ((d_real - 1.0) ** 2).mean() + 0.5 * (d_fake**2).mean()
+
+
+def lsgan_g_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """Least-squares GAN generator loss (c=1): ``0.5 * mean((D(G(x)) - 1)^2)``."""
+    return 0.5 * ((d_fake - 1.0) ** 2).mean()
+
+
+def r1_penalty(d_real_out: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
+    """R1 gradient penalty on real data (Mescheder et al. 2018): ``E_batch ||grad_x D(x)||^2``.
+
+    ``real_inputs`` must be the tensor (with ``requires_grad=True``) that produced ``d_real_out``;
+    for a PatchGAN the per-sample output is the sum over patches. The returned value is the
+    *unweighted* expectation of the squared gradient norm; the trainer multiplies it by
+    ``TrainConfig.gp_weight``, which therefore plays the role of ``gamma / 2`` in
+    ``R1 = gamma/2 * E||grad D||^2``. The graph is kept (``create_graph=True``) so the penalty can
+    be back-propagated into the discriminator's weights. A discriminator whose output does not
+    depend on ``real_inputs`` gets a penalty of exactly zero.
+    """
+    if not real_inputs.requires_grad:
+        raise ValueError("r1_penalty: real_inputs must require grad (call .requires_grad_(True) before D)")
+    if not d_real_out.requires_grad:
+        return real_inputs.new_zeros(())
+    (grad,) = torch.autograd.grad(
+        outputs=d_real_out.sum(), inputs=real_inputs, create_graph=True, allow_unused=True
+    )
+    if grad is None:
+        return real_inputs.new_zeros(())
+    return grad.pow(2).reshape(grad.shape[0], -1).sum(dim=1).mean()
+
+
+def l1_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error (the MMgSN-Net baseline's reconstruction term)."""
+    return F.l1_loss(output, target)

@@ -1,0 +1,70 @@
+"""Build generators / discriminators by name, count parameters, load trained generators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vce.io.errors import VCEInputError
+from vce.models.discriminator import PatchDiscriminator, adapt_n_layers
+from vce.models.mmgsn import MMgSNGenerator
+from vce.models.pgmgvce import PGMGVCEGenerator
+
+__all__ = ["GENERATORS", "build_generator", "build_discriminator", "count_parameters", "load_generator"]
+
+GENERATORS: dict[str, type[nn.Module]] = {"pgmgvce": PGMGVCEGenerator, "mmgsn": MMgSNGenerator}
+
+
+def build_generator(model: str, n_modalities: int, base_channels: int) -> nn.Module:
+    """``model``: ``pgmgvce`` | ``mmgsn`` (``Variant.model``); ``n_modalities``: 1 or 2."""
+    try:
+        cls = GENERATORS[model]
+    except KeyError:
+        raise ValueError(f"unknown model {model!r}; known: {sorted(GENERATORS)}") from None
+    return cls(n_modalities=n_modalities, base_channels=base_channels)
+
+
+def build_discriminator(
+    n_modalities: int, base_channels: int, image_size: int | None = None, n_layers: int = 3
+) -> PatchDiscriminator:
+    """Conditional PatchGAN on ``n_modalities`` input channels + the (real or generated) T1C.
+
+    With ``image_size`` the number of strided layers shrinks for small images (see
+    :func:`~vce.models.discriminator.adapt_n_layers`).
+    """
+    return PatchDiscriminator(n_modalities + 1, base_channels, adapt_n_layers(image_size, n_layers))
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) scalar parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def load_generator(checkpoint_path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Load a trainer checkpoint (``torch.load(weights_only=True)``) and rebuild its generator.
+
+    Returns ``(generator in eval mode, metadata)`` where metadata is the checkpoint without the
+    state dicts: ``variant`` (dict), ``model`` ({name, n_modalities, base_channels}), ``iterations``,
+    ``seed`` and whatever else the trainer stored.
+    """
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise VCEInputError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling/format error is a bad input file
+        raise VCEInputError(f"{path}: not a loadable checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or "generator" not in ckpt or "model" not in ckpt:
+        raise VCEInputError(f"{path}: not a VCE trainer checkpoint (needs 'generator' and 'model' keys)")
+    spec = ckpt["model"]
+    try:
+        gen = build_generator(str(spec["name"]), int(spec["n_modalities"]), int(spec["base_channels"]))
+        gen.load_state_dict(ckpt["generator"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise VCEInputError(f"{path}: cannot rebuild the generator from {spec!r}: {exc}") from exc
+    gen.eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("generator", "discriminator")}
+    return gen, meta

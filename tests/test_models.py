@@ -1,0 +1,148 @@
+"""Generators (PGMGVCE, MMgSN baseline), PatchGAN discriminator and the model factory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vce.io.errors import VCEInputError
+from vce.models import (
+    MMgSNGenerator,
+    PGMGVCEGenerator,
+    PatchDiscriminator,
+    build_discriminator,
+    build_generator,
+    count_parameters,
+    load_generator,
+)
+from vce.models.discriminator import adapt_n_layers
+from vce.models.pgmgvce import AttentionModule, Decoder, FeatureExtractor, ModalityFusion, ModalityPathways
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("model", ["pgmgvce", "mmgsn"])
+@pytest.mark.parametrize("n_mod", [1, 2])
+@pytest.mark.parametrize("size", [32, 64])
+def test_generator_output_shape(model: str, n_mod: int, size: int) -> None:
+    torch.manual_seed(0)
+    g = build_generator(model, n_mod, 4)
+    out = g(torch.randn(2, n_mod, size, size))
+    assert out.shape == (2, 1, size, size)
+    assert torch.isfinite(out).all()
+
+
+def test_factory_classes_and_errors() -> None:
+    assert isinstance(build_generator("pgmgvce", 2, 4), PGMGVCEGenerator)
+    assert isinstance(build_generator("mmgsn", 2, 4), MMgSNGenerator)
+    with pytest.raises(ValueError, match="unknown model"):
+        build_generator("unet", 2, 4)
+    with pytest.raises(ValueError):
+        build_generator("pgmgvce", 2, 4)(torch.randn(1, 1, 32, 32))  # wrong number of modalities
+
+
+def test_pgmgvce_paper_size_forward() -> None:
+    g = build_generator("pgmgvce", 2, 4)
+    with torch.no_grad():
+        assert g(torch.randn(1, 2, 192, 192)).shape == (1, 1, 192, 192)
+
+
+def test_pgmgvce_has_the_papers_modules() -> None:
+    g = PGMGVCEGenerator(2, 4)
+    kinds = {type(m) for m in g.modules()}
+    for cls in (FeatureExtractor, ModalityFusion, ModalityPathways, AttentionModule, Decoder):
+        assert cls in kinds, cls.__name__
+    assert len(g.extractors) == 2 and len(g.pathways.pathways) == 2
+    single = PGMGVCEGenerator(1, 4)
+    assert len(single.extractors) == 1 and len(single.pathways.pathways) == 1
+    assert torch.allclose(single.modality_weights(), torch.ones(1))
+
+
+def test_modality_weights_are_trainable() -> None:
+    torch.manual_seed(0)
+    g = PGMGVCEGenerator(2, 4)
+    logits = g.fusion.logits
+    assert isinstance(logits, torch.nn.Parameter) and logits.requires_grad
+    assert any(p is logits for p in g.parameters())
+    w0 = g.modality_weights().clone()
+    assert torch.allclose(w0, torch.full((2,), 0.5)) and w0.sum().item() == pytest.approx(1.0)
+    opt = torch.optim.Adam(g.parameters(), lr=1e-2)
+    x, y = torch.randn(2, 2, 32, 32), torch.randn(2, 1, 32, 32)
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(g(x), y).backward()
+        assert logits.grad is not None and logits.grad.abs().sum() > 0
+        opt.step()
+    w1 = g.modality_weights()
+    assert not torch.allclose(w0, w1)
+    assert w1.sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("size,n_layers,side", [(32, 3, 2), (64, 3, 6), (16, 2, 2), (192, 3, 22)])
+def test_discriminator_output_shape(size: int, n_layers: int, side: int) -> None:
+    assert adapt_n_layers(size) == n_layers
+    d = build_discriminator(2, 4, image_size=size)
+    assert isinstance(d, PatchDiscriminator) and d.in_channels == 3
+    with torch.no_grad():
+        out = d(torch.randn(2, 2, size, size), torch.randn(2, 1, size, size))
+    assert out.shape == (2, 1, side, side)
+
+
+def test_discriminator_single_modality_and_channel_check() -> None:
+    d = build_discriminator(1, 4, image_size=32)
+    assert d(torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32)).shape == (1, 1, 2, 2)
+    with pytest.raises(ValueError):
+        d(torch.randn(1, 2, 32, 32), torch.randn(1, 1, 32, 32))
+
+
+def test_parameter_counts_are_comparable() -> None:
+    pg = count_parameters(build_generator("pgmgvce", 2, 16))
+    mm = count_parameters(build_generator("mmgsn", 2, 16))
+    assert 0.7 < mm / pg < 1.4
+    assert count_parameters(build_generator("pgmgvce", 1, 16)) < pg
+
+
+def _save_checkpoint(path, g, name, n_mod, base) -> None:
+    torch.save(
+        {
+            "generator": g.state_dict(),
+            "variant": {"name": "v", "model": name, "modalities": ["T1", "T2"][:n_mod]},
+            "model": {"name": name, "n_modalities": n_mod, "base_channels": base},
+            "iterations": 3,
+            "seed": 1,
+        },
+        path,
+    )
+
+
+@pytest.mark.parametrize("name,n_mod", [("pgmgvce", 2), ("mmgsn", 1)])
+def test_load_generator_round_trip(tmp_path, name: str, n_mod: int) -> None:
+    torch.manual_seed(1)
+    g = build_generator(name, n_mod, 4)
+    # move the weights away from their init so the round trip is not trivially satisfied
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    g.eval()
+    path = tmp_path / "checkpoint.pt"
+    _save_checkpoint(path, g, name, n_mod, 4)
+    loaded, meta = load_generator(path)
+    assert not loaded.training
+    assert meta["variant"]["model"] == name and meta["seed"] == 1 and "generator" not in meta
+    x = torch.randn(2, n_mod, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(g(x), loaded(x))
+
+
+def test_load_generator_errors(tmp_path) -> None:
+    with pytest.raises(VCEInputError, match="missing.pt"):
+        load_generator(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(VCEInputError, match="bad.pt"):
+        load_generator(bad)
+    wrong = tmp_path / "wrong.pt"
+    g = build_generator("pgmgvce", 2, 4)
+    _save_checkpoint(wrong, g, "pgmgvce", 2, 8)  # base_channels does not match the weights
+    with pytest.raises(VCEInputError, match="wrong.pt"):
+        load_generator(wrong)
