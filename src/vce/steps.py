@@ -102,13 +102,11 @@ def evaluate(
 
     _, meta = load_generator(Path(model_dir) / "checkpoint.pt")
     md = meta.get("metadata") or {}
-    variant = Variant.from_any(meta["variant"])
     tracker = None
     if track and md.get("mlflow_run_id") and md.get("tracking_uri"):
         tracker = MlflowTracker(md["tracking_uri"], md["mlflow_run_id"])
     try:
-        table = evaluate_variant(model_dir, registered, split_dir, Path(normalized) / variant.normalization, out, cfg.evaluate,
-                                 tracker=tracker)
+        table = evaluate_variant(model_dir, registered, split_dir, normalized, out, cfg.evaluate, tracker=tracker)
     except BaseException:
         if tracker:
             tracker.finish("FAILED")
