@@ -3,7 +3,7 @@
 from typing import List
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from . import VCE_IMAGE
 
@@ -38,12 +38,15 @@ def compare_op(
     params_yaml: str,
     profile: str,
     tracking_uri: str,
-    parent_run_id: str,
+    study: Input[Artifact],
     report: Output[Dataset],
 ):
     """Table 1, Table 2 and the three ablation tables; logged to the study's parent run."""
+    import json
+
     from vce import steps
     from vce.config import load_config_text
 
+    parent = json.load(open(study.path))["run_id"]
     steps.compare([e.path for e in evaluations], report.path, load_config_text(params_yaml, profile),
-                  tracking_uri=tracking_uri or None, parent_run_id=parent_run_id or None)
+                  tracking_uri=tracking_uri or None, parent_run_id=parent or None)

@@ -61,7 +61,7 @@ def build_pipeline(parallelism: int = CLUSTER_PARALLELISM, defaults: dict | None
         with dsl.ParallelFor(variants, parallelism=parallelism, name="ablations") as variant:
             train = train_op(
                 normalized=normalized.outputs["normalized"], variant=variant, params_yaml=params_yaml,
-                profile=profile, tracking_uri=tracking_uri, experiment=experiment, parent_run_id=study.output,
+                profile=profile, tracking_uri=tracking_uri, experiment=experiment, study=study.outputs["study"],
             )
             train.set_display_name("train").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
             train.set_memory_limit("16G").set_caching_options(False)
@@ -73,7 +73,7 @@ def build_pipeline(parallelism: int = CLUSTER_PARALLELISM, defaults: dict | None
             evaluation.set_display_name("evaluate").set_caching_options(False)
         report = compare_op(
             evaluations=dsl.Collected(evaluation.outputs["evaluation"]), params_yaml=params_yaml, profile=profile,
-            tracking_uri=tracking_uri, parent_run_id=study.output,
+            tracking_uri=tracking_uri, study=study.outputs["study"],
         )
         report.set_display_name("compare-to-baseline").set_caching_options(False)
         return report.outputs["report"]

@@ -45,7 +45,6 @@ def predict_patient(t1_path: str | Path, t2_path: str | Path, checkpoint: str | 
     pred = synthesize_t1c(generator, variant, vols, stats, t1c_stats, int(md["image_size"]))
     img = sitk.GetImageFromArray(to_uint12(pred))
     img.CopyInformation(t2)
-    img.SetMetaData("descrip", f"SYNTHETIC T1C (VCE {variant['name']}) not for diagnosis")
-    write_volume(img, out)
+    write_volume(img, out, description=f"SYNTHETIC T1C (VCE {variant['name']}), not for diagnosis")
     logger.info("wrote synthetic T1C %s (T1C mu/sd from calibration: %.1f / %.1f)", out, *t1c_stats)
     return Path(out)

@@ -58,11 +58,11 @@ def run_study(
     pipeline = build_pipeline(parallelism=parallelism or cfg.study.parallelism, defaults=defaults)
     logger.info("running the study DAG (%d variants, profile %s) with the kfp local runner; artifacts under %s",
                 len(defaults["variants"]), cfg.profile, root)
-    report_artifact = pipeline(
+    task = pipeline(
         params_yaml=defaults["params_yaml"], profile=cfg.profile, variants=defaults["variants"],
         source_dir=str(data), tracking_uri=tracking_uri or "", experiment=experiment,
     )
-    src = Path(report_artifact.path)
+    src = Path(task.output.path)
     report = out / "report"
     with atomic_dir(report) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)

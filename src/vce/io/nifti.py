@@ -41,10 +41,21 @@ def read_volume(path: str | Path, *, what: str = "volume", allow_constant: bool 
     return img
 
 
-def write_volume(img: sitk.Image, path: str | Path) -> None:
-    """Write ``img`` to ``path`` atomically (compressed NIfTI when the name ends in .nii.gz)."""
-    with atomic_file(path, suffix=".nii.gz" if str(path).endswith(".nii.gz") else Path(path).suffix) as tmp:
+def write_volume(img: sitk.Image, path: str | Path, description: str | None = None) -> None:
+    """Write ``img`` to ``path`` atomically (compressed NIfTI when the name ends in .nii.gz).
+
+    ``description`` (at most 79 characters) goes into the NIfTI header's ``descrip`` field.
+    """
+    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else Path(path).suffix
+    with atomic_file(path, suffix=suffix) as tmp:
         sitk.WriteImage(img, str(tmp), useCompression=str(path).endswith(".gz"))
+        if description is not None:
+            import nibabel as nib
+
+            nii = nib.load(str(tmp))
+            nii = nib.Nifti1Image(np.asanyarray(nii.dataobj), nii.affine, nii.header)
+            nii.header["descrip"] = description[:79].encode()
+            nib.save(nii, str(tmp))
 
 
 def to_uint12(arr: np.ndarray) -> np.ndarray:
