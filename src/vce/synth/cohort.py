@@ -1,0 +1,422 @@
+"""Synthetic cohort: per-patient simulation of the paper's T1 / T2 / T1C protocol and the writer.
+
+Patient ``i`` depends only on ``(seed, i)``: every random draw comes from
+``np.random.SeedSequence([seed, i])`` (independent child streams for anatomy, tissues, lesions,
+vessels, texture, motion and scanner), so the cohort is bit-for-bit reproducible and patients can
+be simulated in any order or in parallel.
+
+Per scan the pipeline is: atlas tissue fractions -> patient deformation D -> rigid motion M of the
+scan (T2: none) resampled by SimpleITK onto the acquisition grid (sub-sampled through the slice
+thickness), lesions and vessels evaluated analytically at the same patient-space points, signal
+equation per compartment mixed by volume fraction, slice-profile average, bias field, Rician
+noise, 12-bit gain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..config import SynthConfig
+from ..io.atomic import atomic_dir, atomic_file, write_json
+from ..io.nifti import PATIENT_FILES, to_uint12, write_volume
+from . import motion as motion_mod
+from .anatomy import CHANNELS, Atlas, PatientBrain, SmoothNoise, atlas_images, load_atlas, random_deformation, sample_vessels, set_atlas
+from .lesions import sample_lesions
+from .signal import SEQUENCES, bias_field, rician
+from .tissues import LABELS, PLASMA_GD_MM, R1_BLOOD, R1_TISSUE, R2_BLOOD, R2_TISSUE, PatientTissues, sample_patient_tissues, tissue_table
+
+logger = logging.getLogger(__name__)
+
+#: Scans in acquisition order (also the order of random draws of the scanner stream).
+SCANS: tuple[str, ...] = ("T2", "T1", "T1C")
+#: Compartments mixed into the signal, in label order (label 0 is air).
+COMPARTMENTS: tuple[str, ...] = LABELS[1:]
+TEXTURE_AMPLITUDE = 0.03
+BIAS_AMPLITUDE = 0.06
+MONTAGE_ROWS = 4
+
+
+def patient_id(index: int) -> str:
+    return f"P{index + 1:03d}"
+
+
+def validate(cfg: SynthConfig, seed: int = 0, workers: int = 1) -> None:
+    """Raise ValueError naming the first bad argument."""
+    if not isinstance(cfg, SynthConfig):
+        raise ValueError(f"cfg must be a SynthConfig, got {type(cfg).__name__}")
+
+    def is_int(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    def finite(v) -> bool:
+        return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+    if not is_int(cfg.n_patients) or cfg.n_patients < 1:
+        raise ValueError(f"synth.n_patients must be an integer >= 1, got {cfg.n_patients!r}")
+    if len(tuple(cfg.matrix)) != 2 or not all(is_int(m) and m >= 8 for m in cfg.matrix):
+        raise ValueError(f"synth.matrix must be two integers >= 8 (x, y), got {cfg.matrix!r}")
+    if not is_int(cfg.n_slices) or cfg.n_slices < 1:
+        raise ValueError(f"synth.n_slices must be an integer >= 1, got {cfg.n_slices!r}")
+    if len(tuple(cfg.spacing_mm)) != 3 or not all(finite(s) and s > 0 for s in cfg.spacing_mm):
+        raise ValueError(f"synth.spacing_mm must be three positive numbers (x, y, z) in mm, got {cfg.spacing_mm!r}")
+    if not all(finite(s) and s <= 20 for s in cfg.spacing_mm):
+        raise ValueError(f"synth.spacing_mm must be at most 20 mm, got {cfg.spacing_mm!r}")
+    if not finite(cfg.max_rotation_deg) or not 0 <= cfg.max_rotation_deg <= 30:
+        raise ValueError(f"synth.max_rotation_deg must be in [0, 30], got {cfg.max_rotation_deg!r}")
+    if not finite(cfg.max_translation_mm) or not 0 <= cfg.max_translation_mm <= 50:
+        raise ValueError(f"synth.max_translation_mm must be in [0, 50], got {cfg.max_translation_mm!r}")
+    if not finite(cfg.snr) or cfg.snr <= 0:
+        raise ValueError(f"synth.snr must be a positive number, got {cfg.snr!r}")
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not is_int(workers) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# geometry
+
+
+def t2_grid(cfg: SynthConfig, atlas: Atlas) -> sitk.Image:
+    """Reference image of the T2 acquisition grid: identity direction, centred at the brain centre."""
+    size = [int(cfg.matrix[0]), int(cfg.matrix[1]), int(cfg.n_slices)]
+    spacing = [float(s) for s in cfg.spacing_mm]
+    origin = [c - s * (n - 1) / 2.0 for c, s, n in zip(atlas.centre_mm, spacing, size)]
+    ref = sitk.Image(size, sitk.sitkUInt8)
+    ref.SetSpacing(spacing)
+    ref.SetOrigin(origin)
+    ref.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    return ref
+
+
+def subsampling(spacing_mm) -> tuple[int, int, int]:
+    """Sub-samples per voxel and axis: the 2 mm template is sampled at <= ~2.5 mm over each voxel."""
+    return tuple(max(1, int(float(s) / 2.0 + 0.25)) for s in spacing_mm)
+
+
+def _fine_grid(ref: sitk.Image, nsub) -> tuple[sitk.Image, np.ndarray]:
+    size = [n * k for n, k in zip(ref.GetSize(), nsub)]
+    spacing = [s / k for s, k in zip(ref.GetSpacing(), nsub)]
+    origin = [o - s / 2.0 + fs / 2.0 for o, s, fs in zip(ref.GetOrigin(), ref.GetSpacing(), spacing)]
+    fine = sitk.Image(size, sitk.sitkUInt8)
+    fine.SetSpacing(spacing)
+    fine.SetOrigin(origin)
+    fine.SetDirection(ref.GetDirection())
+    axes = [o + s * np.arange(n) for o, s, n in zip(origin, spacing, size)]
+    z, y, x = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+    pts = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
+    return fine, pts
+
+
+def _block_mean(a: np.ndarray, shape_zyx, nsub) -> np.ndarray:
+    nz, ny, nx = shape_zyx
+    sx, sy, sz = nsub
+    if (sx, sy, sz) == (1, 1, 1):
+        return a.reshape(nz, ny, nx)
+    return a.reshape(nz, sz, ny, sy, nx, sx).mean(axis=(1, 3, 5))
+
+
+# ------------------------------------------------------------------------------------------------
+# one patient
+
+
+@dataclass
+class PatientResult:
+    pid: str
+    images: dict[str, sitk.Image]  # "T1", "T2", "T1C" (int16, 0-4095), "mask" (uint8)
+    motion: dict[str, dict[str, Any]]
+    summary: dict[str, Any]
+    maps: dict[str, np.ndarray] | None = None  # per scan: dominant-compartment label (z, y, x)
+
+
+def _compartments(fr: np.ndarray, q: np.ndarray, lesions, tubes) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Volume fraction of every compartment at the patient-space points ``q`` and the rim uptake."""
+    f = {name: fr[:, i].astype(np.float64) for i, name in enumerate(CHANNELS)}
+    n = len(q)
+    core, rim, ext, uptake = (np.zeros(n) for _ in range(4))
+    for les in lesions:
+        idx = np.flatnonzero(((q - les.centre) ** 2).sum(1) < les.extent_mm() ** 2)
+        if len(idx) == 0:
+            continue
+        ev = les.evaluate(q[idx])
+        take = ev["rim"] > rim[idx]
+        uptake[idx[take]] = ev["uptake"][take]
+        core[idx] = np.maximum(core[idx], ev["core"])
+        rim[idx] = np.maximum(rim[idx], ev["rim"])
+        ext[idx] = np.maximum(ext[idx], ev["oedema_extent"])
+    gross = np.minimum(core + rim, 1.0)
+    scale = np.where(core + rim > 1.0, 1.0 / np.maximum(core + rim, 1e-9), 1.0)
+    core, rim = core * scale, rim * scale
+    keep = 1.0 - gross
+    for name in CHANNELS:
+        f[name] *= keep
+    # oedema replaces white matter (and half of the grey matter) around the tumour
+    w = np.clip((ext - gross) / np.maximum(keep, 1e-6), 0.0, 1.0)
+    oedema = f["wm"] * w + f["gm"] * 0.5 * w
+    f["wm"] *= 1.0 - w
+    f["gm"] *= 1.0 - 0.5 * w
+    art, sin = tubes.fractions(q)
+    v = np.minimum(art.astype(np.float64) + sin, 1.0)
+    vs = np.where(art + sin > 1.0, 1.0 / np.maximum(art + sin, 1e-9), 1.0)
+    for name in CHANNELS:
+        f[name] *= 1.0 - v
+    core, rim, oedema = core * (1 - v), rim * (1 - v), oedema * (1 - v)
+    f.update(artery=art * vs, sinus=sin * vs, rim=rim, necrosis=core, oedema=oedema)
+    return {k: f[k] for k in COMPARTMENTS}, uptake
+
+
+def _signal(seq, tissues: PatientTissues, frac: dict[str, np.ndarray], uptake: np.ndarray) -> np.ndarray:
+    """Noise-free signal: volume-fraction-weighted sum of the compartments' signals (slow exchange)."""
+    out = np.zeros(len(uptake))
+    for name in COMPARTMENTS:
+        t = tissues[name]
+        fk = frac[name]
+        if name == "rim":
+            sel = np.flatnonzero(fk > 1e-6)
+            conc = t.gd_mM * uptake[sel] if seq.contrast else 0.0
+            t1, t2 = t.relaxation(conc)
+            out[sel] += fk[sel] * seq.signal(t.pd, t1, t2)
+            continue
+        t1, t2 = t.relaxation(t.gd_mM if seq.contrast else 0.0)
+        s = float(seq.signal(t.pd, t1, t2))
+        if seq.kind == "SE":
+            s *= t.flow_void
+        out += fk * s
+    return out
+
+
+def synthesize_patient(
+    pid: str,
+    index: int,
+    cfg: SynthConfig,
+    seed: int,
+    *,
+    motion: bool = True,
+    return_maps: bool = False,
+    atlas: Atlas | None = None,
+) -> PatientResult:
+    """Simulate one patient. ``motion=False`` gives the same patient without inter-scan motion."""
+    validate(cfg, seed)
+    if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or index < 0:
+        raise ValueError(f"patient index must be a non-negative integer, got {index!r}")
+    atlas = atlas or load_atlas()
+    streams = np.random.SeedSequence([int(seed), int(index)]).spawn(7)
+    r_anat, r_tis, r_les, r_ves, r_tex, r_mot, r_scn = (np.random.default_rng(s) for s in streams)
+
+    deformation, deform_info = random_deformation(r_anat, atlas)
+    brain = PatientBrain.from_deformation(atlas, deformation)
+    ref = t2_grid(cfg, atlas)
+    z0 = ref.GetOrigin()[2] - ref.GetSpacing()[2] / 2
+    z1 = z0 + ref.GetSpacing()[2] * ref.GetSize()[2]
+    tissues = sample_patient_tissues(r_tis)
+    lesions = sample_lesions(r_les, brain, z0, z1)
+    tubes, vessel_info = sample_vessels(r_ves, brain, z0, z1)
+    texture = SmoothNoise(r_tex, 16, (3.0, 12.0))
+    centre = atlas.centre_mm
+    motions = {
+        m: motion_mod.random_rigid(r_mot, centre, cfg.max_rotation_deg, cfg.max_translation_mm) for m in ("T1", "T1C")
+    }
+    if not motion:
+        motions = {m: motion_mod.identity_rigid(centre) for m in motions}
+
+    nsub = subsampling(cfg.spacing_mm)
+    fine, pts = _fine_grid(ref, nsub)
+    shape = ref.GetSize()[::-1]
+    vec_img, _ = atlas_images(atlas)
+    images: dict[str, sitk.Image] = {}
+    maps: dict[str, np.ndarray] = {}
+    scanner: dict[str, dict[str, float]] = {}
+    mask = None
+    for scan in SCANS:
+        seq = SEQUENCES[scan]
+        m = motions.get(scan)
+        if m is None:
+            tr, q = deformation, pts
+        else:
+            tr = sitk.CompositeTransform([deformation, m.GetInverse()])
+            q = motion_mod.apply_inverse(m, pts)
+        fr = sitk.GetArrayFromImage(sitk.Resample(vec_img, fine, tr, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32))
+        fr = fr.reshape(-1, len(CHANNELS))
+        frac, uptake = _compartments(fr, q, lesions, tubes)
+        s = _signal(seq, tissues, frac, uptake)
+        s *= 1.0 + TEXTURE_AMPLITUDE * texture(q)
+        clean = _block_mean(s, shape, nsub)
+        if return_maps or scan == "T2":
+            avg = np.stack([_block_mean(frac[k], shape, nsub) for k in COMPARTMENTS], 0)
+            if scan == "T2":
+                gross = avg[COMPARTMENTS.index("rim")] + avg[COMPARTMENTS.index("necrosis")]
+                mask = (gross >= 0.5).astype(np.uint8)
+            if return_maps:
+                air = np.clip(1.0 - avg.sum(0), 0.0, 1.0)[None]
+                maps[scan] = np.argmax(np.concatenate([air, avg], 0), axis=0).astype(np.uint8)
+        # scanner: receive bias, Rician noise (SNR relative to white matter), 12-bit gain
+        bias = bias_field(r_scn, clean.shape, BIAS_AMPLITUDE)
+        clean = clean * bias
+        wm = tissues["wm"]
+        s_wm = float(seq.signal(wm.pd, *wm.relaxation(wm.gd_mM if seq.contrast else 0.0)))
+        sigma = s_wm / float(cfg.snr)
+        noisy = rician(r_scn, clean, sigma)
+        body = clean > 0.05 * clean.max()
+        p995 = float(np.percentile(clean[body], 99.5)) if body.any() else float(clean.max() or 1.0)
+        target = float(r_scn.uniform(0.78, 0.9)) * 4095.0
+        gain = target / max(p995, 1e-12)
+        arr = to_uint12(noisy * gain)
+        img = sitk.GetImageFromArray(arr)
+        img.CopyInformation(ref)
+        images[scan] = img
+        scanner[scan] = {"gain": round(gain, 3), "noise_sigma": round(sigma * gain, 3), "sequence": seq.to_dict()}
+    mimg = sitk.GetImageFromArray(mask)
+    mimg.CopyInformation(ref)
+    images["mask"] = mimg
+
+    voxel_ml = float(np.prod(cfg.spacing_mm)) / 1000.0
+    summary = {
+        "pid": pid,
+        "index": int(index),
+        "n_lesions": len(lesions),
+        "lesions": [les.summary() for les in lesions],
+        "mask_volume_ml": round(float(mask.sum()) * voxel_ml, 3),
+        "mask_slices": [int(k) for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(1))],
+        "dose_factor": tissues.dose_factor,
+        "deformation": deform_info,
+        "vessels": vessel_info,
+        "scanner": scanner,
+    }
+    motion_json = {m: motion_mod.rigid_to_dict(t) for m, t in motions.items()}
+    return PatientResult(pid, images, motion_json, summary, maps if return_maps else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# cohort
+
+
+def _write_patient(root: Path, res: PatientResult) -> None:
+    d = root / res.pid
+    d.mkdir(parents=True, exist_ok=True)
+    for key, fname in PATIENT_FILES.items():
+        write_volume(res.images[key], d / fname)
+    write_json(d / "motion.json", res.motion)
+
+
+def _montage_slices(res: PatientResult) -> dict[str, np.ndarray]:
+    mask = sitk.GetArrayFromImage(res.images["mask"])
+    k = int(np.argmax(mask.reshape(mask.shape[0], -1).sum(1)))
+    out = {m: sitk.GetArrayFromImage(res.images[m])[k] for m in ("T1", "T2", "T1C")}
+    out["mask"] = mask[k]
+    out["slice"] = np.array(k)
+    return out
+
+
+def _run_one(root: str, index: int, cfg: SynthConfig, seed: int) -> tuple[dict, dict | None]:
+    pid = patient_id(index)
+    res = synthesize_patient(pid, index, cfg, seed)
+    _write_patient(Path(root), res)
+    logger.info(
+        "synth %s: %d lesion(s), tumour mask %.1f ml", pid, res.summary["n_lesions"], res.summary["mask_volume_ml"]
+    )
+    return res.summary, (_montage_slices(res) if index < MONTAGE_ROWS else None)
+
+
+def _init_worker(atlas: Atlas, threads: int) -> None:
+    set_atlas(atlas)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
+
+
+def write_montage(path: str | Path, rows: list[tuple[str, dict[str, np.ndarray]]]) -> None:
+    """rows of (pid, slices) -> PNG: columns T1, T2, T1C, T2 + tumour mask overlay."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = ("T1", "T2", "T1C", "mask")
+    fig = Figure(figsize=(2.4 * len(cols), 2.4 * len(rows) + 0.3))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), len(cols), squeeze=False)
+    for r, (pid, sl) in enumerate(rows):
+        for c, col in enumerate(cols):
+            ax = axes[r][c]
+            base = sl["T2"] if col == "mask" else sl[col]
+            vmax = float(np.percentile(base, 99.5)) or 1.0
+            ax.imshow(base, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+            if col == "mask":
+                rgba = np.zeros(sl["mask"].shape + (4,), dtype=np.float32)
+                rgba[..., 0] = 1.0
+                rgba[..., 3] = 0.45 * (sl["mask"] > 0)
+                ax.imshow(rgba, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("T2 + tumour mask" if col == "mask" else col, fontsize=10)
+            if c == 0:
+                ax.set_ylabel(f"{pid} z={int(sl['slice'])}", fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=80, metadata={"Software": None})
+
+
+def synthesize_cohort(out_dir: str | Path, cfg: SynthConfig, seed: int, workers: int = 1) -> list[str]:
+    """Write out_dir/<pid>/{T1,T2,T1C,tumor_mask}.nii.gz + motion.json for cfg.n_patients patients,
+    plus out_dir/cohort.json and out_dir/montage.png. Returns the patient ids (P001, P002, ...).
+    Written atomically (vce.io.atomic.atomic_dir on out_dir): complete or absent."""
+    validate(cfg, seed, workers)
+    atlas = load_atlas()
+    n = int(cfg.n_patients)
+    pids = [patient_id(i) for i in range(n)]
+    workers = min(int(workers), n)
+    logger.info("synthesizing %d patients (%s, seed %d, %d worker(s)) -> %s", n, cfg, seed, workers, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        if workers == 1:
+            results = [_run_one(str(tmp), i, cfg, seed) for i in range(n)]
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            # fork (POSIX): workers inherit the atlas and need not re-import the caller's __main__;
+            # ITK re-creates its thread pool in a forked child.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            ctx = multiprocessing.get_context(method)
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(atlas, threads)) as ex:
+                results = list(ex.map(_run_one, [str(tmp)] * n, range(n), [cfg] * n, [seed] * n))
+        summaries = {r[0]["pid"]: r[0] for r in results}
+        rows = [(patient_id(i), results[i][1]) for i in range(min(n, MONTAGE_ROWS))]
+        ref = t2_grid(cfg, atlas)
+        write_json(
+            tmp / "cohort.json",
+            {
+                "generator": "vce.synth (physics-based: MNI152 2009 anatomy, 3 T relaxometry, gadobutrol)",
+                "seed": int(seed),
+                "config": dataclasses.asdict(cfg),
+                "patients": pids,
+                "files": dict(PATIENT_FILES, motion="motion.json"),
+                "grid": {
+                    "size_xyz": list(ref.GetSize()),
+                    "spacing_mm": list(ref.GetSpacing()),
+                    "origin_mm": list(ref.GetOrigin()),
+                    "direction": list(ref.GetDirection()),
+                    "subsamples_per_voxel_xyz": list(subsampling(cfg.spacing_mm)),
+                },
+                "sequences": {k: s.to_dict() for k, s in SEQUENCES.items()},
+                "contrast_agent": {
+                    "agent": "gadobutrol",
+                    "r1_plasma_per_mM_s": R1_TISSUE * 1000,
+                    "r2_plasma_per_mM_s": R2_TISSUE * 1000,
+                    "r1_blood_per_mM_s": R1_BLOOD * 1000,
+                    "r2_blood_per_mM_s": R2_BLOOD * 1000,
+                    "plasma_mM": PLASMA_GD_MM,
+                },
+                "tissues": tissue_table(),
+                "labels": list(LABELS),
+                "summary": summaries,
+            },
+        )
+        write_montage(tmp / "montage.png", rows)
+    logger.info("cohort written: %s (%d patients)", out_dir, n)
+    return pids

@@ -1,0 +1,225 @@
+"""Tests of the physics-based synthetic cohort generator (vce.synth)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from vce.config import SynthConfig
+from vce.io.nifti import PATIENT_FILES
+from vce.synth import cohort as cohort_mod
+from vce.synth.cohort import synthesize_cohort, synthesize_patient
+from vce.synth.motion import rigid_from_dict
+from vce.synth.tissues import LABELS
+
+TINY = SynthConfig(n_patients=2, matrix=(48, 48), n_slices=6, spacing_mm=(4.4, 4.4, 8.0))
+SEED = 7
+
+
+def _arr(img: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(img)
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory) -> tuple[Path, list[str]]:
+    out = tmp_path_factory.mktemp("synth") / "raw"
+    pids = synthesize_cohort(out, TINY, SEED)
+    return out, pids
+
+
+def test_layout_dtypes_and_range(tiny_cohort):
+    out, pids = tiny_cohort
+    assert pids == ["P001", "P002"]
+    assert sorted(p.name for p in out.iterdir()) == ["P001", "P002", "cohort.json", "montage.png"]
+    assert (out / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((out / "cohort.json").read_text())
+    assert meta["seed"] == SEED and meta["patients"] == pids
+    assert meta["config"]["n_patients"] == 2
+    assert {"wm", "gm", "csf", "rim", "necrosis", "oedema"} <= set(meta["tissues"])
+    for pid in pids:
+        d = out / pid
+        assert sorted(p.name for p in d.iterdir()) == sorted(list(PATIENT_FILES.values()) + ["motion.json"])
+        t2 = sitk.ReadImage(str(d / "T2.nii.gz"))
+        assert t2.GetSize() == (48, 48, 6)
+        assert np.allclose(t2.GetSpacing(), (4.4, 4.4, 8.0))
+        assert np.allclose(t2.GetDirection(), np.eye(3).ravel())
+        for key in ("T1", "T2", "T1C"):
+            img = sitk.ReadImage(str(d / PATIENT_FILES[key]))
+            assert img.GetPixelID() == sitk.sitkInt16, key
+            assert img.GetSize() == t2.GetSize()
+            assert np.allclose(img.GetOrigin(), t2.GetOrigin()) and np.allclose(img.GetSpacing(), t2.GetSpacing())
+            assert np.allclose(img.GetDirection(), t2.GetDirection())
+            a = _arr(img)
+            assert a.min() >= 0 and a.max() <= 4095, key
+            assert a.max() > 2500, f"{pid} {key}: the body should fill most of the 12-bit range"
+            corner = a[:, :3, :3]
+            assert corner.mean() < 0.05 * a.max(), f"{pid} {key}: background is not near 0"
+        mask = sitk.ReadImage(str(d / PATIENT_FILES["mask"]))
+        assert mask.GetPixelID() == sitk.sitkUInt8
+        assert set(np.unique(_arr(mask))) <= {0, 1}
+        mo = json.loads((d / "motion.json").read_text())
+        assert set(mo) == {"T1", "T1C"}
+        for m in mo.values():
+            assert m["transform"] == "Euler3DTransform"
+            assert len(m["center_mm"]) == len(m["rotation_rad"]) == len(m["translation_mm"]) == 3
+            assert max(abs(r) for r in m["rotation_rad"]) <= np.radians(TINY.max_rotation_deg) + 1e-9
+            assert max(abs(t) for t in m["translation_mm"]) <= TINY.max_translation_mm + 1e-9
+            assert "fixed=T2" in m["convention"]
+
+
+def test_deterministic_and_seed_dependent(tiny_cohort, tmp_path):
+    out, _ = tiny_cohort
+    again = tmp_path / "again"
+    synthesize_cohort(again, TINY, SEED, workers=2)  # also: worker count does not change the bytes
+    assert _digests(again) == _digests(out)
+    other = tmp_path / "other"
+    synthesize_cohort(other, TINY, SEED + 1)
+    a, b = _digests(out), _digests(other)
+    for pid in ("P001", "P002"):
+        for f in ("T1.nii.gz", "T2.nii.gz", "T1C.nii.gz"):
+            assert a[f"{pid}/{f}"] != b[f"{pid}/{f}"]
+
+
+def test_patient_depends_only_on_seed_and_index(tiny_cohort):
+    out, _ = tiny_cohort
+    bigger = SynthConfig(**{**TINY.__dict__, "n_patients": 5})
+    res = synthesize_patient("P002", 1, bigger, SEED)
+    for key in ("T1", "T2", "T1C", "mask"):
+        on_disk = _arr(sitk.ReadImage(str(out / "P002" / PATIENT_FILES[key])))
+        assert np.array_equal(on_disk, _arr(res.images[key])), key
+
+
+def test_tumour_mask_nonempty_and_inside_head(tiny_cohort):
+    out, pids = tiny_cohort
+    for pid in pids:
+        mask = _arr(sitk.ReadImage(str(out / pid / PATIENT_FILES["mask"]))).astype(bool)
+        t2 = _arr(sitk.ReadImage(str(out / pid / "T2.nii.gz"))).astype(float)
+        assert mask.sum() > 0, pid
+        background = t2[:, :3, :3].mean()
+        assert np.all(t2[mask] > 4 * background), f"{pid}: tumour voxels outside the head"
+        # tumours are intracranial: never in the outermost in-plane rows/columns (air / scalp)
+        assert not mask[:, :4].any() and not mask[:, -4:].any() and not mask[:, :, :4].any() and not mask[:, :, -4:].any()
+
+
+def test_physics_contrasts():
+    cfg = SynthConfig(n_patients=2, matrix=(64, 64), n_slices=8, spacing_mm=(3.3, 3.3, 5.0))
+    lab = {name: i for i, name in enumerate(LABELS)}
+    pooled: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in ("T1", "T2", "T1C")}
+    for index in range(2):
+        res = synthesize_patient(f"P{index + 1:03d}", index, cfg, SEED, motion=False, return_maps=True)
+        labels = res.maps["T2"]
+        assert np.array_equal(labels, res.maps["T1C"])  # no motion: same anatomy on every grid
+        mask = _arr(res.images["mask"]).astype(bool)
+        assert mask.sum() > 0
+        assert np.isin(labels[mask], [lab["rim"], lab["necrosis"]]).mean() > 0.8
+        for scan in pooled:
+            a = _arr(res.images[scan]).astype(float)
+            for name in ("wm", "gm", "csf", "rim", "necrosis", "fat"):
+                pooled[scan].setdefault(name, []).append(a[labels == lab[name]])
+    m = {s: {k: float(np.concatenate(v).mean()) for k, v in d.items()} for s, d in pooled.items()}
+    # T1-weighted spin echo: WM brighter than GM, CSF dark, fat bright
+    assert m["T1"]["wm"] > m["T1"]["gm"] > m["T1"]["csf"]
+    assert m["T1"]["fat"] > m["T1"]["wm"]
+    # T2-weighted spin echo: CSF brightest, GM > WM
+    assert m["T2"]["csf"] > m["T2"]["gm"] > m["T2"]["wm"]
+    # gadolinium: the enhancing rim is bright on T1C, the necrotic core is not
+    assert m["T1C"]["rim"] > 1.5 * m["T1C"]["necrosis"]
+    assert m["T1C"]["rim"] / m["T1C"]["wm"] > 1.5
+    assert m["T1C"]["rim"] / m["T1C"]["wm"] > 1.5 * (m["T1"]["rim"] / m["T1"]["wm"])
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_motion_convention_aligns_to_t2():
+    """sitk.Resample(T1, T2, transform from motion.json) undoes the simulated motion."""
+    cfg = SynthConfig(
+        n_patients=1, matrix=(48, 48), n_slices=8, spacing_mm=(4.4, 4.4, 6.0), max_rotation_deg=8.0, max_translation_mm=8.0
+    )
+    moved = synthesize_patient("P001", 0, cfg, SEED)
+    still = synthesize_patient("P001", 0, cfg, SEED, motion=False)
+    assert np.array_equal(_arr(moved.images["T2"]), _arr(still.images["T2"]))
+    for mod in ("T1", "T1C"):
+        t = rigid_from_dict(json.loads(json.dumps(moved.motion[mod])))
+        assert np.degrees(np.abs(t.GetParameters()[:3])).max() > 1.0  # the test needs real motion
+        img = sitk.Cast(moved.images[mod], sitk.sitkFloat32)
+        aligned = _arr(sitk.Resample(img, moved.images["T2"], t, sitk.sitkLinear, -1.0, sitk.sitkFloat32))
+        valid = aligned >= 0
+        ref = _arr(still.images[mod]).astype(float)[valid]
+        c_aligned = _corr(aligned[valid], ref)
+        c_raw = _corr(_arr(moved.images[mod]).astype(float)[valid], ref)
+        c_wrong = _corr(
+            _arr(sitk.Resample(img, moved.images["T2"], t.GetInverse(), sitk.sitkLinear, -1.0, sitk.sitkFloat32))[
+                valid
+            ],
+            ref,
+        )
+        assert c_aligned > 0.9, (mod, c_aligned)
+        assert c_aligned > c_raw + 0.05, (mod, c_aligned, c_raw)
+        assert c_aligned > c_wrong + 0.05, (mod, c_aligned, c_wrong)
+
+
+def test_atomic_on_failure(monkeypatch, tmp_path):
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "previous.txt").write_text("old output")
+    real = cohort_mod.synthesize_patient
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated failure in patient 2")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cohort_mod, "synthesize_patient", flaky)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        synthesize_cohort(out, TINY, SEED)
+    # the previous output is untouched and no partial cohort or temporary directory is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+    assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError):
+        calls["n"] = 1
+        synthesize_cohort(fresh, TINY, SEED)
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_patients": 0}, "n_patients"),
+        ({"n_slices": 0}, "n_slices"),
+        ({"matrix": (4, 48)}, "matrix"),
+        ({"spacing_mm": (0.0, 4.4, 8.0)}, "spacing_mm"),
+        ({"spacing_mm": (4.4, -1.0, 8.0)}, "spacing_mm"),
+        ({"max_rotation_deg": -1.0}, "max_rotation_deg"),
+        ({"max_translation_mm": float("nan")}, "max_translation_mm"),
+        ({"snr": 0.0}, "snr"),
+    ],
+)
+def test_bad_config_raises(tmp_path, kwargs, match):
+    cfg = SynthConfig(**{**TINY.__dict__, **kwargs})
+    with pytest.raises(ValueError, match=match):
+        synthesize_cohort(tmp_path / "raw", cfg, SEED)
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("seed, workers, match", [(-1, 1, "seed"), (1.5, 1, "seed"), (1, 0, "workers")])
+def test_bad_arguments_raise(tmp_path, seed, workers, match):
+    with pytest.raises(ValueError, match=match):
+        synthesize_cohort(tmp_path / "raw", TINY, seed, workers=workers)
