@@ -146,3 +146,13 @@ def test_load_generator_errors(tmp_path) -> None:
     _save_checkpoint(wrong, g, "pgmgvce", 2, 8)  # base_channels does not match the weights
     with pytest.raises(VCEInputError, match="wrong.pt"):
         load_generator(wrong)
+
+
+def test_bounded_output_for_sigmoid_and_tanh_normalisation() -> None:
+    from vce.models.factory import build_generator, output_for
+
+    assert output_for("zscore") == "linear" and output_for("sigmoid") == output_for("tanh") == "sigmoid"
+    g = build_generator("pgmgvce", 2, 4, output="sigmoid")
+    y = g(torch.randn(2, 2, 32, 32) * 10)
+    assert float(y.min()) > 0 and float(y.max()) < 1
+    assert g.modality_weights().shape == (2,)  # attributes of the wrapped generator stay reachable

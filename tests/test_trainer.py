@@ -70,7 +70,7 @@ def test_outputs_checkpoint_and_tracker(tmp_path: Path) -> None:
 
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["variant"] == MAIN.to_dict()
-    assert ckpt["model"] == {"name": "pgmgvce", "n_modalities": 2, "base_channels": 4}
+    assert ckpt["model"] == {"name": "pgmgvce", "n_modalities": 2, "base_channels": 4, "output": "sigmoid"}
     assert ckpt["iterations"] == 4 and ckpt["seed"] == 3
     assert all(isinstance(v, torch.Tensor) for v in ckpt["generator"].values())
     assert all(isinstance(v, torch.Tensor) for v in ckpt["discriminator"].values())
@@ -190,7 +190,9 @@ def test_baseline_mmgsn_with_l1(tmp_path: Path) -> None:
 
 def test_l1_training_learns_identity_mapping(tmp_path: Path) -> None:
     norm = _write_split(tmp_path / "norm", n=8, s=32, target="t1")
-    v = Variant("l1_only", model="pgmgvce", lambda_pg=0.0, lambda_gan=0.0, lambda_l1=1.0, modalities=("T1",))
+    # z-score targets are unbounded (here in [-1, 1]), so the generator output is linear
+    v = Variant("l1_only", model="pgmgvce", lambda_pg=0.0, lambda_gan=0.0, lambda_l1=1.0, modalities=("T1",),
+                normalization="zscore")
     cfg = TrainConfig(iterations=30, batch_size=4, base_channels=4, log_every=10, lr=2e-3, threads=1)
     out = train_variant(norm, tmp_path / "run", v, cfg, seed=0)
     rows = _losses(out)

@@ -18,13 +18,47 @@ __all__ = ["GENERATORS", "build_generator", "build_discriminator", "count_parame
 GENERATORS: dict[str, type[nn.Module]] = {"pgmgvce": PGMGVCEGenerator, "mmgsn": MMgSNGenerator}
 
 
-def build_generator(model: str, n_modalities: int, base_channels: int) -> nn.Module:
-    """``model``: ``pgmgvce`` | ``mmgsn`` (``Variant.model``); ``n_modalities``: 1 or 2."""
+OUTPUTS = ("linear", "sigmoid")
+
+
+def output_for(normalization: str) -> str:
+    """The generator's output range follows the target's: (0, 1) for sigmoid / tanh
+    normalisation (eq. 12-13), unbounded for z-score (eq. 11)."""
+    return "linear" if normalization == "zscore" else "sigmoid"
+
+
+def build_generator(model: str, n_modalities: int, base_channels: int, output: str = "linear") -> nn.Module:
+    """``model``: ``pgmgvce`` | ``mmgsn`` (``Variant.model``); ``n_modalities``: 1 or 2.
+
+    ``output="sigmoid"`` appends a sigmoid so predictions live in (0, 1) like sigmoid- and
+    tanh-normalised targets (as pix2pix ends in tanh for [-1, 1] images); it starts training at
+    the patient's mean intensity instead of 0.
+    """
     try:
         cls = GENERATORS[model]
     except KeyError:
         raise ValueError(f"unknown model {model!r}; known: {sorted(GENERATORS)}") from None
-    return cls(n_modalities=n_modalities, base_channels=base_channels)
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown generator output {output!r}; known: {OUTPUTS}")
+    net = cls(n_modalities=n_modalities, base_channels=base_channels)
+    return net if output == "linear" else SigmoidOutput(net)
+
+
+class SigmoidOutput(nn.Module):
+    """``sigmoid(net(x))``; attributes not found here (e.g. ``modality_weights``) come from ``net``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("net"), name)
 
 
 def build_discriminator(
@@ -61,7 +95,8 @@ def load_generator(checkpoint_path: str | Path, map_location: str | torch.device
         raise VCEInputError(f"{path}: not a VCE trainer checkpoint (needs 'generator' and 'model' keys)")
     spec = ckpt["model"]
     try:
-        gen = build_generator(str(spec["name"]), int(spec["n_modalities"]), int(spec["base_channels"]))
+        gen = build_generator(str(spec["name"]), int(spec["n_modalities"]), int(spec["base_channels"]),
+                              str(spec.get("output", "linear")))
         gen.load_state_dict(ckpt["generator"])
     except (KeyError, ValueError, RuntimeError) as exc:
         raise VCEInputError(f"{path}: cannot rebuild the generator from {spec!r}: {exc}") from exc

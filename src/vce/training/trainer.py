@@ -38,7 +38,7 @@ import torch.nn as nn
 from vce.config import TrainConfig, Variant
 from vce.io.atomic import atomic_dir
 from vce.losses import l1_loss, lsgan_d_loss, lsgan_g_loss, pixelwise_gradient_loss, r1_penalty
-from vce.models.factory import build_discriminator, build_generator, count_parameters
+from vce.models.factory import build_discriminator, build_generator, count_parameters, output_for
 from vce.tracking import Tracker
 from vce.training.data import SeededBatchSampler, SliceDataset
 
@@ -169,7 +169,7 @@ def train_variant(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            G = build_generator(variant.model, n_mod, cfg.base_channels).to(device)
+            G = build_generator(variant.model, n_mod, cfg.base_channels, output_for(variant.normalization)).to(device)
             D = build_discriminator(n_mod, cfg.base_channels, image_size=size).to(device)
         sampler = SeededBatchSampler(len(data), cfg.batch_size, int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
         opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
@@ -306,7 +306,8 @@ def train_variant(
             "generator": {k: v.detach().cpu() for k, v in G.state_dict().items()},
             "discriminator": {k: v.detach().cpu() for k, v in D.state_dict().items()},
             "variant": variant.to_dict(),
-            "model": {"name": variant.model, "n_modalities": n_mod, "base_channels": cfg.base_channels},
+            "model": {"name": variant.model, "n_modalities": n_mod, "base_channels": cfg.base_channels,
+                      "output": output_for(variant.normalization)},
             "discriminator_model": {"in_channels": D.in_channels, "base_channels": cfg.base_channels, "n_layers": D.n_layers},
             "iterations": cfg.iterations,
             "seed": seed,
