@@ -34,11 +34,25 @@ def read_volume(path: str | Path, *, what: str = "volume", allow_constant: bool 
             f"{img.GetNumberOfComponentsPerPixel()} component(s)"
         )
     arr = sitk.GetArrayViewFromImage(img)
-    if not np.all(np.isfinite(arr)):
+    if not np.all(np.isfinite(arr)) or not _nifti_data_finite(path, what):
         raise VCEInputError(f"{path}: {what} contains NaN or Inf values")
     if not allow_constant and float(arr.max()) == float(arr.min()):
         raise VCEInputError(f"{path}: {what} is constant (all voxels = {float(arr.max())})")
     return img
+
+
+def _nifti_data_finite(path: Path, what: str) -> bool:
+    """Check a NIfTI file's stored voxels with nibabel: ITK silently replaces NaN/Inf on reading
+    and tolerates a truncated gzip stream, both of which must be refused."""
+    if not path.name.endswith((".nii", ".nii.gz")):
+        return True
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as exc:  # noqa: BLE001 - truncated gzip, short data, bad header
+        raise VCEInputError(f"{path}: cannot read {what}: truncated or corrupt NIfTI ({exc})") from exc
+    return not np.issubdtype(data.dtype, np.floating) or bool(np.all(np.isfinite(data)))
 
 
 def write_volume(img: sitk.Image, path: str | Path, description: str | None = None) -> None:
