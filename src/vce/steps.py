@@ -89,6 +89,8 @@ def train(
         if tracker:
             tracker.finish("FAILED")
         raise
+    if tracker:
+        tracker.finish()  # evaluation metrics are added to this (finished) run later
     return path
 
 
@@ -105,15 +107,7 @@ def evaluate(
     tracker = None
     if track and md.get("mlflow_run_id") and md.get("tracking_uri"):
         tracker = MlflowTracker(md["tracking_uri"], md["mlflow_run_id"])
-    try:
-        table = evaluate_variant(model_dir, registered, split_dir, normalized, out, cfg.evaluate, tracker=tracker)
-    except BaseException:
-        if tracker:
-            tracker.finish("FAILED")
-        raise
-    if tracker:
-        tracker.finish()
-    return table
+    return evaluate_variant(model_dir, registered, split_dir, normalized, out, cfg.evaluate, tracker=tracker)
 
 
 def compare(
