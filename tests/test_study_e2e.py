@@ -81,3 +81,38 @@ def test_predict_new_patient(study, tiny_cohort, tmp_path):
     rc = main(["predict", "--t1", str(tmp_path / "missing.nii.gz"), "--t2", str(tiny_cohort / pid / "T2.nii.gz"),
                "--model", str(model), "--out", str(tmp_path / "x.nii.gz"), "--profile", "tiny"])
     assert rc == 2 and not (tmp_path / "x.nii.gz").exists()
+
+
+def test_mlflow_ui_serves_the_study(study):
+    """mlflow/ui.sh starts a real MLflow server on the study's store; its REST API lists the runs."""
+    import json as _json
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = study["uri"][len("sqlite:///"):]
+    proc = subprocess.Popen(["bash", str(ROOT / "mlflow" / "ui.sh"), str(port), db],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        body = _json.dumps({"experiment_ids": ["1"], "max_results": 50}).encode()
+        deadline, runs = time.time() + 90, None
+        while time.time() < deadline:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", data=body,
+                                             headers={"Content-Type": "application/json"})
+                runs = _json.load(urllib.request.urlopen(req, timeout=5))["runs"]
+                break
+            except OSError:
+                time.sleep(1)
+        assert runs is not None, "MLflow server did not come up"
+        assert len(runs) == 9  # the study's parent and its 8 children
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
