@@ -16,8 +16,10 @@ def test_profiles_load_and_paper_settings():
 
 
 def test_unknown_key_is_an_error():
-    text = (ROOT / "params.yaml").read_text().replace("iterations: 300", "iteratoins: 300")
-    with pytest.raises(ConfigError, match="iteratoins"):
+    text = (ROOT / "params.yaml").read_text()
+    assert text.count("log_every: 10") == 1  # the demo profile's
+    text = text.replace("log_every: 10", "log_evry: 10")
+    with pytest.raises(ConfigError, match="log_evry"):
         load_config_text(text, "demo")
 
 
