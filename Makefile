@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/vce run --profile demo
 
 paper: $(STAMP)
-	$(BIN)/vce run --profile paper
+	$(BIN)/vce run --profile paper --data data_paper --out outputs/study_paper
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -118,3 +118,15 @@ def test_rerun_keeps_previous_output_on_failure(tmp_path, tiny_cohort, capsys):
 def test_missing_cohort_directory(tmp_path, capsys):
     rc, err, out = _register(tmp_path, tmp_path / "nowhere", capsys)
     assert rc == 2 and "nowhere" in err and not out.exists()
+
+
+def test_run_refuses_a_synthetic_cohort_of_another_profile(tmp_path, tiny_cohort, tiny_cfg):
+    from vce.config import load_config
+    from vce.io.errors import VCEInputError
+    from vce.study import check_synthetic_cohort
+
+    from conftest import ROOT
+
+    check_synthetic_cohort(tiny_cohort, tiny_cfg)  # its own profile: fine
+    with pytest.raises(VCEInputError, match="other settings"):
+        check_synthetic_cohort(tiny_cohort, load_config(ROOT / "params.yaml", "demo"))

@@ -49,6 +49,8 @@ def run_study(
     if not (data.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in data.iterdir())):
         logger.info("no cohort at %s: synthesising the %s cohort (%d patients)", data, cfg.profile, cfg.synth.n_patients)
         steps.synth(data, cfg)
+    else:
+        check_synthetic_cohort(data, cfg)
     build_pipeline, default_arguments = _import_pipeline()
     defaults = default_arguments(params_path)
     experiment = experiment or DEFAULT_EXPERIMENT
@@ -69,6 +71,26 @@ def run_study(
     wall = time.time() - t0
     _print_summary(report, root, tracking_uri, wall)
     return report
+
+
+def check_synthetic_cohort(data: Path, cfg: Config) -> None:
+    """Refuse a synthetic cohort made with other settings than this profile's (a user's own
+    cohort, without ``cohort.json``, is used as it is)."""
+    import dataclasses
+    import json
+
+    from .io.errors import VCEInputError
+
+    meta = data / "cohort.json"
+    if not meta.is_file():
+        return
+    d = json.loads(meta.read_text())
+    want = json.loads(json.dumps(dataclasses.asdict(cfg.synth)))
+    if d.get("config") != want or d.get("seed") != cfg.seed:
+        raise VCEInputError(
+            f"{meta}: this synthetic cohort was made with other settings than profile {cfg.profile!r} "
+            f"(seed {d.get('seed')}, {d.get('config')}); use another --data directory or remove it"
+        )
 
 
 def _print_summary(report: Path, root: Path, tracking_uri: str | None, wall: float) -> None:
