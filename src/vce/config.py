@@ -58,7 +58,7 @@ class TrainConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     base_channels: int = 16
-    gp_weight: float = 1.0
+    gp_weight: float = 0.01
     pg_eps: float = 1e-3
     log_every: int = 10
     threads: int = 1
