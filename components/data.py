@@ -9,6 +9,7 @@ from . import VCE_IMAGE
 @dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
 def cohort_op(source_dir: str, params_yaml: str, profile: str, cohort: Output[Dataset]):
     """Snapshot the raw cohort at ``source_dir`` (validated), or synthesise one when it is empty."""
+    import os
     import shutil
 
     from vce import steps
@@ -22,7 +23,7 @@ def cohort_op(source_dir: str, params_yaml: str, profile: str, cohort: Output[Da
         with atomic_dir(cohort.path) as tmp:
             for pid in pids:
                 shutil.copytree(f"{source_dir}/{pid}", tmp / pid)
-            if __import__("os").path.isfile(f"{source_dir}/cohort.json"):
+            if os.path.isfile(f"{source_dir}/cohort.json"):
                 shutil.copy2(f"{source_dir}/cohort.json", tmp / "cohort.json")
     else:
         pids = steps.synth(cohort.path, cfg)
