@@ -63,9 +63,9 @@ def evaluate_variant(
         (tmp / "pred").mkdir()
         for pid in test:
             pdir = registered_dir / pid
-            t2_img = read_volume(pdir / PATIENT_FILES["T2"], what=f"registered T2 of patient {pid}")
-            vols = {m: sitk.GetArrayFromImage(read_volume(pdir / PATIENT_FILES[m], what=f"registered {m} of {pid}")).astype(np.float32)
-                    for m in ("T1", "T2", "T1C")}
+            imgs = {m: read_volume(pdir / PATIENT_FILES[m], what=f"registered {m} of patient {pid}") for m in ("T1", "T2", "T1C")}
+            t2_img = imgs["T2"]
+            vols = {m: sitk.GetArrayFromImage(img).astype(np.float32) for m, img in imgs.items()}
             st = params["patients"][pid]
             t1c = (st["T1C"]["mu"], st["T1C"]["sd"])
             pred = synthesize_t1c(generator, variant, vols, st, t1c, int(split_info["image_size"]))

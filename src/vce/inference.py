@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from .prep.normalization import forward, inverse, patient_stats
-from .prep.registration import body_mask
-from .prep.slicing import SliceGeometry, content_slices, from_square, to_square
+from .prep.slicing import SliceGeometry, body_mask, content_slices, from_square, to_square
 
 
 @torch.no_grad()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 from .config import RegisterConfig

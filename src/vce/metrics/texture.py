@@ -74,29 +74,22 @@ def sobel_xy(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def tmsvpmi(img: ArrayLike, scale: float = SCALE) -> float:
     """Total mean square variation per mean intensity, eq. 7: ``mean(sqrt(dx^2+dy^2)) / mu``."""
-    a, mu = _image(img, scale)
-    dx, dy = forward_differences(a)
-    return float(np.mean(np.sqrt(dx**2 + dy**2)) / mu)
+    return texture_metrics(img, scale)["tmsvpmi"]
 
 
 def tavpmi(img: ArrayLike, scale: float = SCALE) -> float:
     """Total absolute variation per mean intensity, eq. 8: ``mean(|dx|+|dy|) / mu``."""
-    a, mu = _image(img, scale)
-    dx, dy = forward_differences(a)
-    return float(np.mean(np.abs(dx) + np.abs(dy)) / mu)
+    return texture_metrics(img, scale)["tavpmi"]
 
 
 def tfpmi(img: ArrayLike, scale: float = SCALE) -> float:
     """Tenengrad function per mean intensity, eq. 9: ``mean(sqrt(Gx^2+Gy^2)) / mu``."""
-    a, mu = _image(img, scale)
-    gx, gy = sobel_xy(a)
-    return float(np.mean(np.sqrt(gx**2 + gy**2)) / mu)
+    return texture_metrics(img, scale)["tfpmi"]
 
 
 def vfpmi(img: ArrayLike, scale: float = SCALE) -> float:
     """Variance function per mean intensity, eq. 10: ``mean((I-mu)^2) / mu`` on ``img/scale``."""
-    a, mu = _image(img, scale)
-    return float(np.mean((a - mu) ** 2) / mu)
+    return texture_metrics(img, scale)["vfpmi"]
 
 
 def texture_metrics(img: ArrayLike, scale: float = SCALE) -> dict[str, float]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from vce.models.pgmgvce import Decoder, ResidualBlock, conv_block
+from vce.models.pgmgvce import Decoder, ResidualBlock, check_generator_args, conv_block
 
 __all__ = ["ModalityEncoder", "MixedFusionBlock", "SelfAttention", "MMgSNGenerator"]
 
@@ -95,10 +95,7 @@ class MMgSNGenerator(nn.Module):
 
     def __init__(self, n_modalities: int = 2, base_channels: int = 16, n_res_blocks: int = 2) -> None:
         super().__init__()
-        if n_modalities < 1:
-            raise ValueError(f"n_modalities must be >= 1, got {n_modalities}")
-        if base_channels < 1:
-            raise ValueError(f"base_channels must be >= 1, got {base_channels}")
+        check_generator_args(n_modalities, base_channels)
         self.n_modalities = n_modalities
         self.base_channels = base_channels
         b = base_channels

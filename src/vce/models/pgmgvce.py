@@ -41,6 +41,14 @@ __all__ = [
 ]
 
 
+def check_generator_args(n_modalities: int, base_channels: int) -> None:
+    """Both generators need at least one modality and one base channel."""
+    if n_modalities < 1:
+        raise ValueError(f"n_modalities must be >= 1, got {n_modalities}")
+    if base_channels < 1:
+        raise ValueError(f"base_channels must be >= 1, got {base_channels}")
+
+
 def conv_block(
     in_ch: int, out_ch: int, stride: int = 1, kernel: int = 3, act: str = "lrelu", norm: bool = True
 ) -> nn.Sequential:
@@ -199,10 +207,7 @@ class PGMGVCEGenerator(nn.Module):
 
     def __init__(self, n_modalities: int = 2, base_channels: int = 16, n_res_blocks: int = 2) -> None:
         super().__init__()
-        if n_modalities < 1:
-            raise ValueError(f"n_modalities must be >= 1, got {n_modalities}")
-        if base_channels < 1:
-            raise ValueError(f"base_channels must be >= 1, got {base_channels}")
+        check_generator_args(n_modalities, base_channels)
         self.n_modalities = n_modalities
         self.base_channels = base_channels
         c = 4 * base_channels

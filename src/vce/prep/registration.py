@@ -27,6 +27,7 @@ from ..io.atomic import atomic_dir, write_json
 from ..io.cohort import list_patients
 from ..io.errors import VCEInputError
 from ..io.nifti import PATIENT_FILES, read_volume, write_volume
+from .slicing import body_mask
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +110,6 @@ def transform_from_dict(d: dict[str, Any]) -> sitk.Euler3DTransform:
     tx.SetRotation(*[float(v) for v in d["rotation_rad"]])
     tx.SetTranslation([float(v) for v in d["translation_mm"]])
     return tx
-
-
-def body_mask(t2: np.ndarray) -> np.ndarray:
-    """Foreground (head) of a T2 array: voxels above 10% of its 99th percentile."""
-    return t2 > 0.1 * float(np.percentile(t2, 99))
 
 
 def register_patient(patient_dir: str | Path, out_dir: str | Path, cfg: RegisterConfig, seed: int = 0) -> dict[str, Any]:

@@ -56,12 +56,12 @@ def from_square(slices: np.ndarray, geom: SliceGeometry, order: int = 1) -> np.n
     return v[:, geom.pad_y[0] : geom.pad_y[0] + ny, geom.pad_x[0] : geom.pad_x[0] + nx].astype(np.float32)
 
 
-def body_fraction(t2_slices: np.ndarray, threshold: float) -> np.ndarray:
-    """Fraction of each (y, x) slice of a (z, y, x) array above ``threshold``."""
-    return (t2_slices > threshold).reshape(len(t2_slices), -1).mean(axis=1)
+def body_mask(t2: np.ndarray) -> np.ndarray:
+    """Foreground (head) of a T2 array: voxels above 10% of its 99th percentile."""
+    return t2 > 0.1 * float(np.percentile(t2, 99))
 
 
 def content_slices(t2: np.ndarray, min_body_fraction: float) -> np.ndarray:
-    """Indices z of slices whose body (T2 above 10% of its 99th percentile) covers enough of the slice."""
-    thr = 0.1 * float(np.percentile(t2, 99))
-    return np.flatnonzero(body_fraction(t2, thr) >= min_body_fraction)
+    """Indices z of the (z, y, x) T2's slices whose :func:`body_mask` covers enough of the slice."""
+    body = body_mask(t2)
+    return np.flatnonzero(body.reshape(len(body), -1).mean(axis=1) >= min_body_fraction)

@@ -28,8 +28,7 @@ from ..io.atomic import atomic_dir, write_json
 from ..io.cohort import list_patients
 from ..io.errors import VCEInputError
 from ..io.nifti import PATIENT_FILES, read_volume
-from .registration import body_mask
-from .slicing import SliceGeometry, content_slices, to_square
+from .slicing import SliceGeometry, body_mask, content_slices, to_square
 
 logger = logging.getLogger(__name__)
 

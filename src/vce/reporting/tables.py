@@ -313,15 +313,20 @@ def _frame(rows: dict[str, dict[str, Any]], index_name: str, **attrs: Any) -> pd
 # --------------------------------------------------------------------------- tables
 
 
+def _add_paired_tests(row: dict[str, Any], main: pd.DataFrame, base: pd.DataFrame, key: str) -> None:
+    """n common patients and the paired Wilcoxon / t-test p-values of ``key``, main vs baseline."""
+    x, y = _paired(main, base, key)
+    row["n"] = len(x)
+    row["p_wilcoxon"], row["p_ttest"] = paired_pvalues(x, y)
+
+
 def _table1(main: pd.DataFrame, base: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
     rows = {}
     for key, label in ACCURACY:
         row: dict[str, Any] = {}
         _add(row, MAIN_LABEL, main[key])
         _add(row, BASELINE_LABEL, base[key])
-        x, y = _paired(main, base, key)
-        row["n"] = len(x)
-        row["p_wilcoxon"], row["p_ttest"] = paired_pvalues(x, y)
+        _add_paired_tests(row, main, base, key)
         rows[label] = row
     return _frame(
         rows,
@@ -342,9 +347,7 @@ def _table2(main: pd.DataFrame, base: pd.DataFrame, names: dict[str, str]) -> pd
         _add(row, GT_LABEL, main[f"gt_{key}"])
         _add(row, BASELINE_LABEL, base[key])
         _add(row, MAIN_LABEL, main[key])
-        x, y = _paired(main, base, key)
-        row["n"] = len(x)
-        row["p_wilcoxon"], row["p_ttest"] = paired_pvalues(x, y)
+        _add_paired_tests(row, main, base, key)
         rows[label] = row
     return _frame(
         rows,
