@@ -1,6 +1,5 @@
 """The whole study DAG through the real kfp local runner, at the tiny profile, with real MLflow."""
 
-import json
 import shutil
 
 import numpy as np
