@@ -78,3 +78,117 @@ def test_square_resize_round_trip(shape):
     assert back.shape == vol.shape
     smooth = np.broadcast_to(np.linspace(0, 1, shape[1], dtype=np.float32), vol.shape)
     assert np.abs(from_square(to_square(smooth, g2), g2) - smooth).mean() < 0.05
+
+
+# ------------------------------------------------------------------------------------------------
+# k-fold (split.folds >= 2, split.fold = i)
+
+
+def _pids(n: int) -> list[str]:
+    return [f"P{i + 1:03d}" for i in range(n)]
+
+
+@pytest.mark.parametrize("n, k", [(23, 5), (8, 4), (80, 8), (5, 5)])
+def test_kfold_partitions_the_patients(n, k):
+    from vce.prep.split import kfold_partition
+
+    pids = _pids(n)
+    parts = kfold_partition(pids, k, seed=3)
+    assert len(parts) == k
+    flat = [p for part in parts for p in part]
+    assert sorted(flat) == pids and len(set(flat)) == n  # a partition: every patient exactly once
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    assert kfold_partition(pids, k, seed=3) == parts  # same seed -> same folds
+    assert kfold_partition(list(reversed(pids)), k, seed=3) == parts  # input order does not matter
+    if n > k:
+        assert kfold_partition(pids, k, seed=4) != parts
+
+
+def test_each_fold_is_the_test_set_once():
+    from vce.prep.split import kfold_partition
+
+    pids, k = _pids(23), 5
+    parts = kfold_partition(pids, k, seed=11)
+    times_test = dict.fromkeys(pids, 0)
+    for i in range(k):
+        a = assign_split(pids, 0.125, seed=11, folds=k, fold=i)
+        test = sorted(p for p, s in a.items() if s == "test")
+        train = {p for p, s in a.items() if s == "train"}
+        assert test == parts[i]
+        assert train.isdisjoint(test) and train | set(test) == set(pids)
+        for p in test:
+            times_test[p] += 1
+    assert set(times_test.values()) == {1}
+    # folds off: the hold-out split is unchanged by the fold argument
+    assert assign_split(pids, 0.125, seed=11, folds=0, fold=3) == assign_split(pids, 0.125, seed=11)
+
+
+@pytest.mark.parametrize(
+    "n, folds, fold, match",
+    [(8, 1, 0, "folds"), (8, -2, 0, "folds"), (3, 4, 0, "too small"), (8, 4, 4, "fold"), (8, 4, -1, "fold")],
+)
+def test_bad_fold_settings(n, folds, fold, match):
+    with pytest.raises(VCEInputError, match=match):
+        assign_split(_pids(n), 0.125, seed=0, folds=folds, fold=fold)
+
+
+def test_kfold_store_and_split_id(tmp_path, tiny_cfg, tiny_registered, tiny_split):
+    """Fold settings reach the slice store and the split identity; folds never leak patients."""
+    import dataclasses
+
+    from vce import steps
+    from vce.prep.split import kfold_partition
+
+    pids = sorted(p.name for p in tiny_registered.iterdir() if p.is_dir())
+    parts = kfold_partition(pids, 4, tiny_cfg.seed)
+    ids = set()
+    for i in (0, 1):
+        cfg = dataclasses.replace(tiny_cfg, split=dataclasses.replace(tiny_cfg.split, folds=4, fold=i))
+        out = tmp_path / f"fold{i}"
+        m = steps.split(tiny_registered, out, cfg)
+        assert sorted(m.loc[m.split == "test", "patient"]) == parts[i]
+        idx = {s: pd.read_csv(out / s / "index.csv") for s in ("train", "test")}
+        assert set(idx["train"].patient).isdisjoint(idx["test"].patient)
+        info = json.loads((out / "split.json").read_text())
+        assert info["folds"] == 4 and info["fold"] == i and info["patients"]["test"] == len(parts[i])
+        ids.add(info["split_id"])
+    ids.add(json.loads((tiny_split / "split.json").read_text())["split_id"])
+    assert len(ids) == 3  # fold 0, fold 1 and the hold-out split all differ
+
+
+def test_split_id_covers_settings():
+    from vce.prep.split import split_identity
+
+    base = {"seed": 1, "test_ratio": 0.125, "folds": 0, "fold": 0, "image_size": 32, "min_body_fraction": 0.05}
+    man = b"patient,split,n_slices,sha256\nP001,train,3,ab\n"
+    a = split_identity(base, man)
+    assert a == split_identity(dict(reversed(list(base.items()))), man)  # key order irrelevant
+    assert a != split_identity({**base, "folds": 4}, man)
+    assert a != split_identity({**base, "fold": 1}, man)
+    assert a != split_identity(base, man.replace(b"ab", b"ac"))  # a changed input hash
+
+
+def test_batch_reads_do_not_load_whole_arrays(tmp_path):
+    """The store is memory-mapped: gathering a batch allocates about the batch, not the array."""
+    import tracemalloc
+
+    from vce.training.data import SliceDataset
+
+    n, s = 400, 64
+    d = tmp_path / "train"
+    d.mkdir()
+    for m in ("T1", "T2", "T1C"):
+        a = np.lib.format.open_memmap(d / f"{m}.npy", mode="w+", dtype=np.float32, shape=(n, s, s))
+        a[:] = np.arange(n, dtype=np.float32)[:, None, None]
+        a.flush()
+        del a
+    ds = SliceDataset(tmp_path, "train")
+    assert isinstance(ds._target, np.memmap)
+    tracemalloc.start()
+    x, y = ds.batch([3, 250])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    whole = n * s * s * 4
+    assert peak < 0.1 * whole, (peak, whole)  # 2 of 400 slices x 3 arrays ~ 1.5 % of one array
+    assert x.shape == (2, 2, s, s) and float(y[1, 0, 0, 0]) == 250.0

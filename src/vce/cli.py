@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("split", help="split by patient and write the 2D slice store")
     p.add_argument("--registered", default=str(OUT / "registered"))
     p.add_argument("--out", default=str(OUT / "split"))
+    p.add_argument("--folds", type=int, default=None, help="override split.folds (0 = hold-out, k >= 2 = k-fold)")
+    p.add_argument("--fold", type=int, default=None, help="override split.fold (test fold, 0..k-1)")
     _common(p)
 
     p = sub.add_parser("normalize", help="z-score / sigmoid / tanh normalisation per patient (eq. 11-13)")
@@ -116,6 +118,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         qc = steps.register(args.raw, args.out, cfg, args.workers)
         print(qc.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     elif args.cmd == "split":
+        if args.folds is not None or args.fold is not None:
+            import dataclasses
+
+            over = {k: v for k, v in (("folds", args.folds), ("fold", args.fold)) if v is not None}
+            cfg = dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, **over))
         m = steps.split(args.registered, args.out, cfg)
         print(m.groupby("split").agg(patients=("patient", "count"), slices=("n_slices", "sum")).to_string())
     elif args.cmd == "normalize":

@@ -48,6 +48,8 @@ class SplitConfig:
     test_ratio: float = 0.125
     image_size: int = 64
     min_body_fraction: float = 0.05
+    folds: int = 0  # 0 = hold-out by test_ratio; k >= 2 = k-fold, test = fold `fold`
+    fold: int = 0
 
 
 @dataclass(frozen=True)

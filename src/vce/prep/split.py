@@ -4,12 +4,21 @@ Layout written to ``<out>``:
 
 ```
 manifest.csv          patient, split, n_slices, sha256 (of the patient's registered T1, T2, T1C files)
-split.json            seed, ratio, counts and split_id (sha256 of the manifest)
+split.json            seed, ratio, fold settings, counts and split_id (sha256 of the split
+                      settings + manifest: a changed input file or fold changes it)
 geometry.json         per patient: T2 grid (size, spacing, origin, direction), SliceGeometry, kept z
 train/  test/         T1.npy T2.npy T1C.npy (float32, scanner units), body.npy tumor.npy (uint8),
                       all (N, S, S) in the same slice order, and index.csv (patient, z)
 ```
 A patient's slices are all in one split (never both).
+
+Two ways to choose the test patients (both seeded, both by patient):
+
+* hold-out (``split.folds: 0``, the default): ``round(n * test_ratio)`` patients (the paper's
+  70:10 with ``test_ratio: 0.125``);
+* k-fold (``split.folds: k >= 2``, ``split.fold: i``): the patients are partitioned into k folds
+  (a seeded permutation cut into k near-equal parts); fold i is the test set, the other k - 1
+  folds train. Running i = 0 .. k-1 uses every patient exactly once as a test patient.
 """
 
 from __future__ import annotations
@@ -36,9 +45,20 @@ SPLITS = ("train", "test")
 STORE_MODALITIES = ("T1", "T2", "T1C")
 
 
-def assign_split(pids: list[str], test_ratio: float, seed: int) -> dict[str, str]:
-    """Seeded patient-level assignment: ``round(n * test_ratio)`` (at least 1) patients to test."""
+def assign_split(pids: list[str], test_ratio: float, seed: int, folds: int = 0, fold: int = 0) -> dict[str, str]:
+    """Seeded patient-level assignment ``{pid: "train" | "test"}``.
+
+    ``folds == 0``: ``round(n * test_ratio)`` (at least 1) patients to test. ``folds >= 2``:
+    the patients of fold ``fold`` of :func:`kfold_partition` are the test set (``test_ratio``
+    is then unused).
+    """
     n = len(pids)
+    if folds:
+        parts = kfold_partition(pids, folds, seed)
+        if not isinstance(fold, (int, np.integer)) or isinstance(fold, bool) or not 0 <= fold < folds:
+            raise VCEInputError(f"split.fold must be an integer in [0, {folds - 1}] for {folds} folds, got {fold!r}")
+        test = set(parts[int(fold)])
+        return {p: ("test" if p in test else "train") for p in sorted(pids)}
     if not 0 < test_ratio < 1:
         raise VCEInputError(f"test_ratio must be in (0, 1), got {test_ratio}")
     n_test = max(1, int(round(n * test_ratio)))
@@ -47,6 +67,22 @@ def assign_split(pids: list[str], test_ratio: float, seed: int) -> dict[str, str
     order = np.random.default_rng(seed).permutation(sorted(pids))
     test = set(order[:n_test].tolist())
     return {p: ("test" if p in test else "train") for p in sorted(pids)}
+
+
+def kfold_partition(pids: list[str], folds: int, seed: int) -> list[list[str]]:
+    """The patients cut into ``folds`` seeded folds of near-equal size (sizes differ by <= 1).
+
+    A seeded permutation of the sorted ids, split into ``folds`` consecutive parts; each part is
+    returned sorted. Same ``(pids, folds, seed)`` -> same folds.
+    """
+    if not isinstance(folds, (int, np.integer)) or isinstance(folds, bool) or folds < 2:
+        raise VCEInputError(f"split.folds must be 0 (off) or an integer >= 2, got {folds!r}")
+    if len(set(pids)) != len(pids):
+        raise VCEInputError("patient ids are not unique")
+    if folds > len(pids):
+        raise VCEInputError(f"cohort too small for {folds} folds: {len(pids)} patient(s)")
+    order = np.random.default_rng(seed).permutation(sorted(pids))
+    return [sorted(part.tolist()) for part in np.array_split(order, folds)]
 
 
 def file_hash(paths: list[Path]) -> str:
@@ -92,7 +128,7 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
     """Split ``registered_dir`` by patient and write the slice store (atomic). Returns the manifest."""
     registered_dir = Path(registered_dir)
     pids = list_patients(registered_dir)
-    assignment = assign_split(pids, cfg.test_ratio, seed)
+    assignment = assign_split(pids, cfg.test_ratio, seed, cfg.folds, cfg.fold)
     S = cfg.image_size
     # Pass 1: which slices each patient contributes (T2 only), so the store can be preallocated
     # as memory-mapped arrays: memory does not grow with cohort size.
@@ -137,10 +173,20 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
             pd.DataFrame(index[s], columns=["patient", "z"]).to_csv(tmp / s / "index.csv", index=False)
         manifest = pd.DataFrame(rows, columns=["patient", "split", "n_slices", "sha256"])
         manifest.to_csv(tmp / "manifest.csv", index=False)
-        split_id = hashlib.sha256((tmp / "manifest.csv").read_bytes()).hexdigest()
+        settings = {
+            "seed": int(seed),
+            "test_ratio": float(cfg.test_ratio),
+            "folds": int(cfg.folds),
+            "fold": int(cfg.fold),
+            "image_size": int(S),
+            "min_body_fraction": float(cfg.min_body_fraction),
+        }
+        split_id = split_identity(settings, (tmp / "manifest.csv").read_bytes())
         summary = {
             "seed": seed,
-            "test_ratio": cfg.test_ratio,
+            "test_ratio": cfg.test_ratio if not cfg.folds else None,
+            "folds": int(cfg.folds),
+            "fold": int(cfg.fold) if cfg.folds else None,
             "image_size": S,
             "patients": {s: int((manifest.split == s).sum()) for s in SPLITS},
             "slices": {s: int(cursor[s]) for s in SPLITS},
@@ -151,6 +197,20 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
         del stores
     logger.info("split %s: %s", split_id[:12], summary)
     return manifest
+
+
+def split_identity(settings: dict[str, Any], manifest_csv: bytes) -> str:
+    """sha256 over the split settings (canonical JSON) and the manifest bytes.
+
+    The manifest lists every patient's split and the sha256 of its input files, so a changed
+    input, seed, ratio or fold gives a different id.
+    """
+    import json
+
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    h.update(b"\n")
+    h.update(manifest_csv)
+    return h.hexdigest()
 
 
 def load_geometry(split_dir: str | Path) -> dict[str, Any]:
