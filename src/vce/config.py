@@ -64,6 +64,17 @@ class TrainConfig:
     pg_eps: float = 1e-3
     log_every: int = 10
     threads: int = 1
+    gp_type: str = "r1"  # r1 (penalty on real data) | wgan_gp (on real/fake interpolates, (||grad||-1)^2)
+    amp: str = "off"  # off | bf16 | fp16 (fp16 needs CUDA; on CPU it falls back to fp32 with a warning)
+    compile: bool = False  # torch.compile the generator (and D when gp_weight == 0)
+    checkpoint_every: int = 0  # write a resumable state every N iterations (0 = never)
+    val_patients: float = 0  # held-out TRAIN patients: count (>= 1) or fraction (< 1); 0 = no validation
+    val_every: int = 100  # validate every N iterations (and at the end)
+    keep: str = "last"  # last | best (lowest validation MAE): what checkpoint.pt holds
+    ema_decay: float = 0.0  # EMA of generator weights (0 = off); when on, validation and checkpoint use it
+    health_window: int = 20  # GAN health: logged rows averaged for the discriminator-collapse check
+    d_collapse_loss: float = 0.02  # warn when mean loss_d over health_window rows falls below this
+    patience: int = 5  # warn when the generator has not improved for this many validations/log windows
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,20 @@
-"""Loss functions of the study: pixelwise gradient (paper eq. 1-2), LSGAN (eq. 3) and R1.
+"""Loss functions of the study: pixelwise gradient (paper eq. 1-2), LSGAN (eq. 3), R1 and WGAN-GP.
 
-All functions take and return ``torch`` tensors and are differentiable.
+All functions take and return ``torch`` tensors and are differentiable. The trainer casts
+network outputs to float32 before calling them (the losses are never evaluated in fp16/bf16).
+
+Choice of ``eps`` (``TrainConfig.pg_eps``, default ``1e-3``): it is the gradient magnitude, in
+normalised intensity units per pixel, below which an edge counts as "flat". Normalised images span
+about 1 unit (sigmoid: (0, 1), tanh: (-1, 1), z-score: a few units), so real anatomical edges
+have ``||g|| >> 1e-3`` and are normalised to unit length, while the flat background (exactly 0
+after zero padding) and float32 round-off noise (~1e-7) give ``n ~ 0`` instead of a random unit
+vector. ``eps`` must stay well above float32 resolution of the differences and well below the
+smallest edge contrast one cares about.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +26,7 @@ __all__ = [
     "lsgan_d_loss",
     "lsgan_g_loss",
     "r1_penalty",
+    "wgan_gp_penalty",
     "l1_loss",
 ]
 
@@ -84,7 +96,7 @@ def lsgan_g_loss(d_fake: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((d_fake - 1.0) ** 2).mean()
 
 
-def r1_penalty(d_real_out: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
+def r1_penalty(d_real_out: torch.Tensor, real_inputs: torch.Tensor, grad_scale: float = 1.0) -> torch.Tensor:
     """R1 gradient penalty on real data (Mescheder et al. 2018): ``E_batch ||grad_x D(x)||^2``.
 
     ``real_inputs`` must be the tensor (with ``requires_grad=True``) that produced ``d_real_out``;
@@ -94,17 +106,58 @@ def r1_penalty(d_real_out: torch.Tensor, real_inputs: torch.Tensor) -> torch.Ten
     ``R1 = gamma/2 * E||grad D||^2``. The graph is kept (``create_graph=True``) so the penalty can
     be back-propagated into the discriminator's weights. A discriminator whose output does not
     depend on ``real_inputs`` gets a penalty of exactly zero.
+
+    ``grad_scale``: with fp16 mixed precision the trainer passes the GradScaler's current scale;
+    the gradient is taken of ``scale * D`` (so fp16 gradients do not underflow) and divided by it
+    again in float32 before squaring (the recipe of the torch AMP notes for gradient penalties).
     """
     if not real_inputs.requires_grad:
         raise ValueError("r1_penalty: real_inputs must require grad (call .requires_grad_(True) before D)")
-    if not d_real_out.requires_grad:
-        return real_inputs.new_zeros(())
+    grad = _input_grad(d_real_out, real_inputs, grad_scale)
+    if grad is None:
+        return real_inputs.new_zeros((), dtype=torch.float32)
+    return grad.pow(2).reshape(grad.shape[0], -1).sum(dim=1).mean()
+
+
+def _input_grad(d_out: torch.Tensor, inputs: torch.Tensor, grad_scale: float) -> torch.Tensor | None:
+    """``d(sum d_out) / d inputs`` in float32 with the graph kept; ``None`` when unconnected."""
+    if not d_out.requires_grad:
+        return None
     (grad,) = torch.autograd.grad(
-        outputs=d_real_out.sum(), inputs=real_inputs, create_graph=True, allow_unused=True
+        outputs=d_out.float().sum() * grad_scale, inputs=inputs, create_graph=True, allow_unused=True
     )
     if grad is None:
-        return real_inputs.new_zeros(())
-    return grad.pow(2).reshape(grad.shape[0], -1).sum(dim=1).mean()
+        return None
+    grad = grad.float()
+    return grad / grad_scale if grad_scale != 1.0 else grad
+
+
+def wgan_gp_penalty(
+    discriminator: Callable[[torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    grad_scale: float = 1.0,
+) -> torch.Tensor:
+    """WGAN-GP gradient penalty (Gulrajani et al. 2017): ``E_batch (||grad_x D(x_hat)||_2 - 1)^2``.
+
+    ``x_hat = alpha * real + (1 - alpha) * fake`` with one ``alpha ~ U(0, 1)`` per sample
+    (``alpha``: ``(B, 1, 1, 1)``; drawn from the global torch generator when ``None``).
+    ``real`` and ``fake`` are ``(B, C, H, W)`` (``fake`` is detached here); ``discriminator`` maps
+    an image batch to scores (the trainer closes over the conditioning input ``x``). For a
+    PatchGAN the per-sample output is the sum over patches, as in :func:`r1_penalty`. Unweighted:
+    the trainer multiplies it by ``TrainConfig.gp_weight`` (the paper of WGAN-GP uses 10).
+    """
+    if real.shape != fake.shape:
+        raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} shapes differ")
+    if alpha is None:
+        alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    x_hat = (alpha * real.detach() + (1.0 - alpha) * fake.detach()).requires_grad_(True)
+    grad = _input_grad(discriminator(x_hat), x_hat, grad_scale)
+    if grad is None:
+        return real.new_ones((), dtype=torch.float32)  # ||0|| - 1 = -1 -> penalty 1
+    norm = grad.reshape(grad.shape[0], -1).norm(2, dim=1)
+    return ((norm - 1.0) ** 2).mean()
 
 
 def l1_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ Layout written by the ``normalize`` step::
     norm_dir/<split>/T2.npy   float (N, S, S)  normalised T2-w slices, same slice order
     norm_dir/<split>/T1C.npy  float (N, S, S)  normalised T1C (the target), same slice order
 
+    norm_dir/<split>/index.csv  patient, z  one row per slice (needed only for validation hold-out)
+
 Arrays are opened with ``np.load(mmap_mode="r")``: only the slices of the current batch are
 read, so memory does not grow with the cohort.
 """
@@ -21,7 +23,7 @@ import torch
 from vce.config import MODALITIES
 from vce.io.errors import VCEInputError
 
-__all__ = ["TARGET", "SliceDataset", "SeededBatchSampler", "check_split"]
+__all__ = ["TARGET", "SliceDataset", "SeededBatchSampler", "check_split", "holdout_patients"]
 
 TARGET = "T1C"
 
@@ -68,9 +70,17 @@ class SliceDataset:
     """Paired slices of one split: item ``i`` is ``(inputs (C, S, S), target (1, S, S))`` float32 tensors.
 
     ``modalities`` are stacked in the canonical order (T1 then T2), whatever order is given.
+    ``rows``: optional subset of the store's slice rows (e.g. the training or validation
+    patients); item ``i`` is then store row ``rows[i]``.
     """
 
-    def __init__(self, norm_dir: str | Path, split: str = "train", modalities: Sequence[str] = MODALITIES) -> None:
+    def __init__(
+        self,
+        norm_dir: str | Path,
+        split: str = "train",
+        modalities: Sequence[str] = MODALITIES,
+        rows: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
         self.modalities = tuple(m for m in MODALITIES if m in modalities)
         if len(self.modalities) != len(tuple(modalities)):
             raise ValueError(f"modalities must be distinct members of {MODALITIES}, got {list(modalities)}")
@@ -78,6 +88,12 @@ class SliceDataset:
         arrays = check_split(norm_dir, split, self.modalities)
         self._inputs = [arrays[m] for m in self.modalities]
         self._target = arrays[TARGET]
+        self.rows: np.ndarray | None = None
+        if rows is not None:
+            r = np.asarray(rows, dtype=np.int64)
+            if r.ndim != 1 or r.size == 0 or r.min() < 0 or r.max() >= self._target.shape[0]:
+                raise ValueError(f"rows must be a non-empty 1-D selection of [0, {self._target.shape[0]})")
+            self.rows = r
 
     @property
     def image_size(self) -> int:
@@ -88,7 +104,7 @@ class SliceDataset:
         return len(self.modalities)
 
     def __len__(self) -> int:
-        return int(self._target.shape[0])
+        return int(self._target.shape[0]) if self.rows is None else int(self.rows.size)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.batch([i])
@@ -99,6 +115,8 @@ class SliceDataset:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"slice index out of range for {len(self)} slices")
+        if self.rows is not None:
+            idx = self.rows[idx]
         x = np.stack([np.asarray(a[idx], dtype=np.float32) for a in self._inputs], axis=1)
         y = np.asarray(self._target[idx], dtype=np.float32)[:, None]
         return torch.from_numpy(x), torch.from_numpy(y)
@@ -110,22 +128,88 @@ class SeededBatchSampler:
     Indices are drawn without replacement within an epoch (a fresh permutation per epoch from a
     ``numpy`` PCG64 generator); a batch may span two epochs, so every batch has ``batch_size``
     entries even when ``n`` is not a multiple (or is smaller) of the batch size.
+
+    Data-parallel sharding: with ``world_size`` processes every rank draws the same global batch
+    of ``batch_size * world_size`` indices (same seed) and keeps its own contiguous part
+    ``[rank * batch_size, (rank + 1) * batch_size)``, so ranks see disjoint slices of each global
+    batch. ``world_size = 1`` gives exactly the single-process stream.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         if n < 1 or batch_size < 1:
             raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.n = n
         self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
         self.rng = np.random.default_rng(seed)
         self._perm = np.empty(0, dtype=np.int64)
 
     def next_batch(self) -> np.ndarray:
-        while self._perm.size < self.batch_size:
+        total = self.batch_size * self.world_size
+        while self._perm.size < total:
             self._perm = np.concatenate([self._perm, self.rng.permutation(self.n)])
-        out, self._perm = self._perm[: self.batch_size], self._perm[self.batch_size :]
-        return out
+        out, self._perm = self._perm[:total], self._perm[total:]
+        return out[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+    def state_dict(self) -> dict[str, object]:
+        """Plain-type state (``torch.load(weights_only=True)``-safe): the PCG64 state as decimal
+        strings (128-bit integers) and the rest of the current epoch's permutation as a list."""
+        st = self.rng.bit_generator.state
+        return {
+            "bit_generator": st["bit_generator"],
+            "state": str(st["state"]["state"]),
+            "inc": str(st["state"]["inc"]),
+            "has_uint32": int(st["has_uint32"]),
+            "uinteger": int(st["uinteger"]),
+            "perm": [int(v) for v in self._perm],
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.rng.bit_generator.state = {
+            "bit_generator": state["bit_generator"],
+            "state": {"state": int(state["state"]), "inc": int(state["inc"])},  # type: ignore[arg-type]
+            "has_uint32": int(state["has_uint32"]),  # type: ignore[arg-type]
+            "uinteger": int(state["uinteger"]),  # type: ignore[arg-type]
+        }
+        self._perm = np.asarray(state["perm"], dtype=np.int64)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         while True:
             yield self.next_batch()
+
+
+def holdout_patients(
+    norm_dir: str | Path, split: str, amount: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Hold out whole patients of ``split`` (the TRAIN split) for validation.
+
+    ``amount``: a patient count (``>= 1``, integer) or a fraction in ``(0, 1)`` (rounded, at least
+    1). Patients come from ``<norm_dir>/<split>/index.csv`` (column ``patient``), chosen by a
+    ``numpy`` generator seeded from ``seed``; at least one patient stays for training.
+    Returns ``(train_rows, val_rows, val_patients)`` (row indices of the slice store, sorted).
+    """
+    import pandas as pd
+
+    path = Path(norm_dir) / split / "index.csv"
+    if not path.is_file():
+        raise VCEInputError(f"missing {path} (patient of every slice; needed to hold out validation patients)")
+    try:
+        patients = pd.read_csv(path)["patient"].astype(str).to_numpy()
+    except Exception as exc:  # noqa: BLE001 - any parse problem is a bad input file
+        raise VCEInputError(f"{path}: cannot read a 'patient' column: {exc}") from exc
+    unique = sorted(set(patients))
+    if 0 < amount < 1:
+        k = max(1, int(round(amount * len(unique))))
+    elif amount >= 1 and float(amount).is_integer():
+        k = int(amount)
+    else:
+        raise ValueError(f"val_patients must be a count >= 1 or a fraction in (0, 1), got {amount}")
+    if k >= len(unique):
+        raise VCEInputError(f"{path}: cannot hold out {k} of {len(unique)} training patient(s) for validation")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    val = sorted(str(p) for p in rng.choice(unique, size=k, replace=False))
+    is_val = np.isin(patients, val)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val), val
