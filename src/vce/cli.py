@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: project SQLite store)")
     p.add_argument("--parent-run-id", default=None, help="MLflow parent (study) run id")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the resumable state (<out>.partial/last.pt, train.checkpoint_every); "
+                        "without it a stale state is deleted")
+    p.add_argument("--state-dir", default=None, help="where the resumable state lives (default: <out>.partial)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes: relaunches itself under torchrun (gloo on CPU, nccl on CUDA)")
     _common(p)
 
     p = sub.add_parser("evaluate", help="predict the test patients and compute the paper's metrics")
@@ -131,8 +139,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.cmd == "train":
         name = args.variant if not args.variant.lstrip().startswith("{") else None
         out = args.out or str(OUT / "runs" / (name or "custom"))
+        if args.nproc > 1 and "RANK" not in os.environ:
+            return _torchrun(args, out)
         uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
-        steps.train(args.normalized, out, cfg, args.variant, tracking_uri=uri, parent_run_id=args.parent_run_id)
+        steps.train(args.normalized, out, cfg, args.variant, tracking_uri=uri, parent_run_id=args.parent_run_id,
+                    resume=args.resume, state_dir=args.state_dir, device=args.device)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0
         print(f"wrote {out}")
     elif args.cmd == "evaluate":
         out = args.out or str(OUT / "eval" / Path(args.model).name)
@@ -156,6 +169,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_study(cfg, data=args.data, out=args.out, tracking_uri=args.tracking_uri or default_tracking_uri(),
                   experiment=args.experiment, parallelism=args.parallelism, params_path=args.params)
     return 0
+
+
+def _torchrun(args: argparse.Namespace, out: str) -> int:
+    """``vce train --nproc N``: rerun the same training under ``torchrun --nproc_per_node N``."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "vce.cli", "train", "--variant", args.variant, "--normalized", args.normalized, "--out", out]
+    for flag, value in (("--tracking-uri", args.tracking_uri), ("--parent-run-id", args.parent_run_id),
+                        ("--state-dir", args.state_dir), ("--device", args.device), ("--params", args.params),
+                        ("--profile", args.profile)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    cmd += [f for f, on in (("--no-tracking", args.no_tracking), ("--resume", args.resume), ("-v", args.verbose)) if on]
+    logging.getLogger(__name__).info("launching %s", " ".join(cmd))
+    return subprocess.run(cmd, check=False).returncode
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -63,14 +63,21 @@ def train(
     tracking_uri: str | None = None,
     parent_run_id: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
+    resume: bool = False,
+    state_dir: str | Path | None = None,
+    device: str | None = None,
 ) -> Path:
     """Train one variant on ``<normalized>/<variant.normalization>``; the checkpoint carries what
-    ``predict`` needs (image size, slice selection, T1C calibration, MLflow run id)."""
+    ``predict`` needs (image size, slice selection, T1C calibration, MLflow run id).
+    ``resume`` / ``state_dir`` / ``device``: see :func:`vce.training.trainer.train_variant`. Under
+    ``torchrun`` only rank 0 logs to MLflow."""
     from .training.trainer import train_variant
 
     v = cfg.variant(variant) if isinstance(variant, str) and not variant.lstrip().startswith("{") else Variant.from_any(variant)
     normalized = Path(normalized)
     params = json.loads((normalized / "params.json").read_text()) if (normalized / "params.json").is_file() else {}
+    if int(os.environ.get("RANK", "0")) != 0:
+        tracking_uri = None  # data-parallel worker: rank 0 alone tracks and writes
     tracker = _tracker(tracking_uri, v.name, parent_run_id, experiment)
     metadata = {
         "image_size": cfg.split.image_size,
@@ -84,7 +91,8 @@ def train(
     if tracker:
         tracker.set_tags({"vce.variant": v.name, "vce.profile": cfg.profile, "vce.model": v.model})
     try:
-        path = train_variant(normalized / v.normalization, out, v, cfg.train, cfg.seed, tracker=tracker, metadata=metadata)
+        path = train_variant(normalized / v.normalization, out, v, cfg.train, cfg.seed, tracker=tracker, metadata=metadata,
+                             resume=resume, state_dir=state_dir, device=device)
     except BaseException:
         if tracker:
             tracker.finish("FAILED")
