@@ -27,8 +27,15 @@ def output_for(normalization: str) -> str:
     return "linear" if normalization == "zscore" else "sigmoid"
 
 
-def build_generator(model: str, n_modalities: int, base_channels: int, output: str = "linear") -> nn.Module:
+def build_generator(
+    model: str, n_modalities: int, base_channels: int, output: str = "linear", **arch: Any
+) -> nn.Module:
     """``model``: ``pgmgvce`` | ``mmgsn`` (``Variant.model``); ``n_modalities``: 1 or 2.
+
+    ``arch``: optional architecture keywords of the generator class, e.g. ``depth=3`` or
+    ``n_res_blocks=2`` for PGMGVCE, ``attention_scale=2`` for MMgSN-Net (defaults when omitted;
+    see docs/models.md). A trainer that sets them must store them as ``model.arch`` in the
+    checkpoint so that :func:`load_generator` rebuilds the same network.
 
     ``output="sigmoid"`` appends a sigmoid so predictions live in (0, 1) like sigmoid- and
     tanh-normalised targets (as pix2pix ends in tanh for [-1, 1] images); it starts training at
@@ -40,7 +47,10 @@ def build_generator(model: str, n_modalities: int, base_channels: int, output: s
         raise ValueError(f"unknown model {model!r}; known: {sorted(GENERATORS)}") from None
     if output not in OUTPUTS:
         raise ValueError(f"unknown generator output {output!r}; known: {OUTPUTS}")
-    net = cls(n_modalities=n_modalities, base_channels=base_channels)
+    try:
+        net = cls(n_modalities=n_modalities, base_channels=base_channels, **arch)
+    except TypeError as exc:
+        raise ValueError(f"bad architecture options {arch!r} for {model!r}: {exc}") from None
     return net if output == "linear" else SigmoidOutput(net)
 
 
@@ -81,7 +91,8 @@ def load_generator(checkpoint_path: str | Path, map_location: str | torch.device
     """Load a trainer checkpoint (``torch.load(weights_only=True)``) and rebuild its generator.
 
     Returns ``(generator in eval mode, metadata)`` where metadata is the checkpoint without the
-    state dicts: ``variant`` (dict), ``model`` ({name, n_modalities, base_channels}), ``iterations``,
+    state dicts: ``variant`` (dict), ``model`` ({name, n_modalities, base_channels, optional
+    output and arch (dict of :func:`build_generator` keywords)}), ``iterations``,
     ``seed`` and whatever else the trainer stored.
     """
     path = Path(checkpoint_path)
@@ -96,9 +107,9 @@ def load_generator(checkpoint_path: str | Path, map_location: str | torch.device
     spec = ckpt["model"]
     try:
         gen = build_generator(str(spec["name"]), int(spec["n_modalities"]), int(spec["base_channels"]),
-                              str(spec.get("output", "linear")))
+                              str(spec.get("output", "linear")), **dict(spec.get("arch") or {}))
         gen.load_state_dict(ckpt["generator"])
-    except (KeyError, ValueError, RuntimeError) as exc:
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise VCEInputError(f"{path}: cannot rebuild the generator from {spec!r}: {exc}") from exc
     gen.eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("generator", "discriminator")}

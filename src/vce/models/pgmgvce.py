@@ -1,25 +1,34 @@
 """PGMGVCE generator (paper section 2.2, Figure 1), written from the paper's description.
 
-Data flow for ``M`` input modalities (channel order T1 then T2) and base width ``b``::
+The paper names five stages; each is one module here (``M`` input modalities in channel order
+T1 then T2, base width ``b``, ``D = depth`` halvings, level widths ``c_l = b * min(2^l, 8)``)::
 
-    x (B, M, S, S) --split--> per modality: FeatureExtractor
-        stem   conv3x3 1->b            @ S      (skip 0)
-        down1  conv3x3/2 b->2b         @ S/2    (skip 1)
-        down2  conv3x3/2 2b->4b        @ S/4    (f_m)
-    ModalityFusion: per-modality 1x1 "extract" convs e_m, trainable modality weights
-        w = softmax(logits) (nn.Parameter, learnt with the rest of the network);
-        fused = sum_m w_m e_m, weighted per-modality features g_m = M w_m e_m
-    ModalityPathways: a separate residual conv pathway per modality on g_m, then feature-fusion
-        layers (concat of the pathways and ``fused`` -> 1x1 conv -> 3x3 conv)
-    AttentionModule: channel + spatial attention (CBAM) to emphasise salient regions
-    Bottleneck: residual blocks @ S/4
-    Decoder: upsample x2 -> conv, concat modality-weighted skip 1 -> conv; same with skip 0;
-        3x3 head conv -> 1 channel, linear output (B, 1, S, S)
+    x (B, M, S, S) --split--> M single-channel slices (B, 1, S, S)
+    1. FeatureExtractor (one per modality): "convolutional layers for initial feature extraction
+       that progressively down-sample the image while increasing the feature-map depth"
+         stem  conv3x3 1->c_0                     (B, c_0, S, S)          skip 0
+         down_l conv3x3/2 c_{l-1}->c_l, l=1..D    (B, c_l, S/2^l, S/2^l)  skip l (l < D)
+       deepest features f_m: (B, c_D, S/2^D, S/2^D)
+    2. ModalityFusion: "extracts and combines features from each modality" with "trainable
+       weights that adjust dynamically during training": per-modality 1x1 extract convs e_m,
+       modality weights w = softmax(logits) (an nn.Parameter), fused = sum_m w_m e_m,
+       weighted per-modality features g_m = M w_m e_m             all (B, c_D, S/2^D, S/2^D)
+    3. ModalityPathways + FeatureFusionLayers: "separate convolutional pathways for each modality,
+       followed by feature fusion layers": residual block per modality on g_m, then
+       concat(pathways, fused) ((M+1) c_D channels) -> 1x1 conv -> 3x3 conv  (B, c_D, ...)
+    4. AttentionModule: emphasises salient (e.g. pathological) regions: channel then spatial
+       attention maps in (0, 1) (CBAM), residual re-weighting       (B, c_D, ...)
+    Bottleneck: ``n_res_blocks`` residual blocks                     (B, c_D, ...)
+    5. Decoder: D x [bilinear x2 -> conv, concat modality-weighted skip l -> conv] back to
+       full resolution, 3x3 head -> 1 channel, linear                (B, 1, S, S)
 
-With one modality the same architecture has one pathway and the weight is trivially 1.
-Normalisation is InstanceNorm (per sample, no running statistics), so train and eval modes
-compute the same function and inference does not depend on the batch.
-Any ``S`` works (the decoder upsamples to the skip's size); the study uses multiples of 4.
+At the paper's 192x192, ``depth=2`` (the default, used by the demo profile's cost budget) ends at
+48x48; ``depth`` may be 1..6 (192 = 3 * 2^6). ``S`` must be divisible by ``2^depth`` and leave at
+least 2x2 at the bottom (InstanceNorm needs more than one pixel); other sizes raise ValueError.
+
+With one modality the architecture is the same with one extractor and one pathway; its weight
+is trivially 1. Normalisation is InstanceNorm (per sample, no running statistics), so train and
+eval modes compute the same function and inference does not depend on the batch.
 """
 
 from __future__ import annotations
@@ -29,16 +38,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
+    "MAX_DEPTH",
     "conv_block",
+    "check_generator_args",
+    "check_image_size",
+    "level_channels",
     "ResidualBlock",
     "FeatureExtractor",
     "ModalityFusion",
     "ModalityPathways",
+    "FeatureFusionLayers",
     "AttentionModule",
     "UpBlock",
     "Decoder",
     "PGMGVCEGenerator",
 ]
+
+MAX_DEPTH = 6  # 192 = 3 * 2^6: at most six halvings at the paper's image size
 
 
 def check_generator_args(n_modalities: int, base_channels: int) -> None:
@@ -49,10 +65,33 @@ def check_generator_args(n_modalities: int, base_channels: int) -> None:
         raise ValueError(f"base_channels must be >= 1, got {base_channels}")
 
 
+def check_image_size(x: torch.Tensor, n_modalities: int, halvings: int, model: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``(B, n_modalities, H, W)`` with ``H, W`` divisible by
+    ``2^halvings`` and at least 2 pixels left after the last halving."""
+    if x.dim() != 4 or x.shape[1] != n_modalities:
+        raise ValueError(f"{model}: expected input (B, {n_modalities}, H, W), got {tuple(x.shape)}")
+    factor = 2**halvings
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if h % factor or w % factor or h // factor < 2 or w // factor < 2:
+        nearest = max(2, round(max(h, w) / factor)) * factor
+        raise ValueError(
+            f"{model} halves the image {halvings} times, so height and width must be multiples of "
+            f"{factor} and at least {2 * factor}; got {h}x{w} (e.g. {nearest}x{nearest} would work)"
+        )
+
+
+def level_channels(base_channels: int, level: int) -> int:
+    """Width of encoder level ``level``: ``b * min(2^level, 8)`` (doubling, capped at 8b)."""
+    return base_channels * min(2**level, 8)
+
+
 def conv_block(
     in_ch: int, out_ch: int, stride: int = 1, kernel: int = 3, act: str = "lrelu", norm: bool = True
 ) -> nn.Sequential:
-    """conv -> InstanceNorm (affine) -> activation (``lrelu`` 0.2 | ``relu`` | ``none``)."""
+    """conv -> InstanceNorm (affine) -> activation (``lrelu`` 0.2 | ``relu`` | ``none``).
+
+    ``(B, in_ch, H, W)`` -> ``(B, out_ch, H/stride, W/stride)`` (``padding = kernel // 2``).
+    """
     layers: list[nn.Module] = [
         nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=not norm)
     ]
@@ -68,7 +107,7 @@ def conv_block(
 
 
 class ResidualBlock(nn.Module):
-    """``x + IN(conv(ReLU(IN(conv(x)))))`` at constant width."""
+    """``x + IN(conv(ReLU(IN(conv(x)))))`` at constant width: ``(B, C, H, W)`` -> same."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -79,23 +118,29 @@ class ResidualBlock(nn.Module):
 
 
 class FeatureExtractor(nn.Module):
-    """Per-modality encoder: downsamples x2 twice while deepening features (b -> 2b -> 4b).
+    """Per-modality feature extraction: ``depth`` stride-2 convs, widths ``c_0 -> ... -> c_depth``.
 
-    Returns the deepest features and the two skip tensors ``[full-res (b), half-res (2b)]``.
+    ``(B, 1, S, S)`` -> ``(deep (B, c_D, S/2^D, S/2^D), skips [(B, c_l, S/2^l, S/2^l), l < D])``.
     """
 
-    def __init__(self, base_channels: int) -> None:
+    def __init__(self, base_channels: int, depth: int = 2) -> None:
         super().__init__()
-        b = base_channels
-        self.stem = conv_block(1, b)
-        self.down1 = conv_block(b, 2 * b, stride=2)
-        self.down2 = conv_block(2 * b, 4 * b, stride=2)
-        self.out_channels = 4 * b
+        self.stem = conv_block(1, level_channels(base_channels, 0))
+        self.downs = nn.ModuleList(
+            [
+                conv_block(level_channels(base_channels, l - 1), level_channels(base_channels, l), stride=2)
+                for l in range(1, depth + 1)
+            ]
+        )
+        self.out_channels = level_channels(base_channels, depth)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        s0 = self.stem(x)
-        s1 = self.down1(s0)
-        return self.down2(s1), [s0, s1]
+        h = self.stem(x)
+        skips = []
+        for down in self.downs:
+            skips.append(h)
+            h = down(h)
+        return h, skips
 
 
 class ModalityFusion(nn.Module):
@@ -103,7 +148,7 @@ class ModalityFusion(nn.Module):
 
     ``logits`` is an ``nn.Parameter`` (initialised to 0: equal weights) optimised with the rest of
     the generator, so the contribution of each modality adapts during training. ``weights()``
-    returns ``softmax(logits)``; with one modality it is ``[1.0]``.
+    returns ``softmax(logits)`` (shape ``(M,)``, sums to 1); with one modality it is ``[1.0]``.
     """
 
     def __init__(self, n_modalities: int, channels: int) -> None:
@@ -116,7 +161,7 @@ class ModalityFusion(nn.Module):
         return torch.softmax(self.logits, dim=0)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Return ``(fused, weighted per-modality features, weights)``.
+        """``M`` maps ``(B, C, h, w)`` -> ``(fused (B, C, h, w), M weighted maps (B, C, h, w), w (M,))``.
 
         ``fused = sum_m w_m e_m``; the per-modality features are scaled by ``M * w_m`` so that they
         are unscaled at the equal-weight initialisation.
@@ -130,32 +175,42 @@ class ModalityFusion(nn.Module):
         return fused, weighted, w
 
 
+class FeatureFusionLayers(nn.Module):
+    """Merge ``k`` maps of ``C`` channels: concat ``(B, kC, h, w)`` -> 1x1 conv -> 3x3 conv -> ``(B, C, h, w)``."""
+
+    def __init__(self, n_inputs: int, channels: int) -> None:
+        super().__init__()
+        self.merge = nn.Sequential(conv_block(n_inputs * channels, channels, kernel=1), conv_block(channels, channels))
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return self.merge(torch.cat(maps, dim=1))
+
+
 class ModalityPathways(nn.Module):
-    """Separate residual conv pathways per modality, then feature-fusion layers.
+    """Separate residual conv pathway per modality, then :class:`FeatureFusionLayers`.
 
     Each pathway is a residual block (so the modality weight applied to its input is not
-    normalised away). The fusion layers concatenate all pathway outputs with the fused
-    features and merge them (1x1 conv, then 3x3 conv).
+    normalised away). The fusion layers merge all pathway outputs with the fused features.
+    ``M`` maps ``(B, C, h, w)`` + fused ``(B, C, h, w)`` -> ``(B, C, h, w)``.
     """
 
     def __init__(self, n_modalities: int, channels: int) -> None:
         super().__init__()
         self.pathways = nn.ModuleList([ResidualBlock(channels) for _ in range(n_modalities)])
-        self.fusion = nn.Sequential(
-            conv_block((n_modalities + 1) * channels, channels, kernel=1),
-            conv_block(channels, channels),
-        )
+        self.fusion = FeatureFusionLayers(n_modalities + 1, channels)
 
     def forward(self, weighted: list[torch.Tensor], fused: torch.Tensor) -> torch.Tensor:
-        paths = [p(g) for p, g in zip(self.pathways, weighted)]
-        return self.fusion(torch.cat([*paths, fused], dim=1))
+        if len(weighted) != len(self.pathways):
+            raise ValueError(f"expected {len(self.pathways)} modality maps, got {len(weighted)}")
+        return self.fusion([*(p(g) for p, g in zip(self.pathways, weighted)), fused])
 
 
 class AttentionModule(nn.Module):
-    """CBAM-style attention (Woo et al. 2018): channel attention then spatial attention.
+    """Salient-region attention, CBAM-style (Woo et al. 2018): channel then spatial attention.
 
-    Channel: ``sigmoid(MLP(avgpool) + MLP(maxpool))``; spatial: ``sigmoid(conv7x7([mean_c, max_c]))``.
-    The output is ``x + x * Mc * Ms`` (residual form, so attention can only re-weight, not erase).
+    Channel map ``Mc = sigmoid(MLP(avgpool x) + MLP(maxpool x))``: ``(B, C, 1, 1)``; spatial map
+    ``Ms = sigmoid(conv7x7([mean_c y, max_c y]))``: ``(B, 1, h, w)`` with ``y = x * Mc``; both in
+    (0, 1). Output ``x + y * Ms`` (residual form: attention re-weights, it cannot erase features).
     """
 
     def __init__(self, channels: int, reduction: int = 8, spatial_kernel: int = 7) -> None:
@@ -166,15 +221,23 @@ class AttentionModule(nn.Module):
         )
         self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def attention_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Mc (B, C, 1, 1), Ms (B, 1, h, w))`` for ``x`` ``(B, C, h, w)``."""
         ca = torch.sigmoid(self.mlp(F.adaptive_avg_pool2d(x, 1)) + self.mlp(F.adaptive_max_pool2d(x, 1)))
         y = x * ca
         sa = torch.sigmoid(self.spatial(torch.cat([y.mean(dim=1, keepdim=True), y.amax(dim=1, keepdim=True)], 1)))
-        return x + y * sa
+        return ca, sa
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ca, sa = self.attention_maps(x)
+        return x + x * ca * sa
 
 
 class UpBlock(nn.Module):
-    """Bilinear x2 upsampling (to the skip's size) -> conv, concat skip -> conv."""
+    """Bilinear upsampling to the skip's size -> conv, concat skip -> conv.
+
+    ``(B, in_ch, h, w)``, skip ``(B, skip_ch, 2h, 2w)`` -> ``(B, out_ch, 2h, 2w)``.
+    """
 
     def __init__(self, in_ch: int, skip_ch: int, out_ch: int) -> None:
         super().__init__()
@@ -187,44 +250,56 @@ class UpBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Two ``UpBlock`` s (4b -> 2b -> b) with skip connections and a linear 3x3 head -> 1 channel."""
+    """``depth`` :class:`UpBlock` s (``c_D -> ... -> c_0``) with skips, linear 3x3 head -> 1 channel.
 
-    def __init__(self, base_channels: int) -> None:
+    ``(B, c_D, S/2^D, S/2^D)`` + skips ``[(B, c_l, S/2^l, S/2^l), l < D]`` -> ``(B, 1, S, S)``.
+    """
+
+    def __init__(self, base_channels: int, depth: int = 2) -> None:
         super().__init__()
         b = base_channels
-        self.up1 = UpBlock(4 * b, 2 * b, 2 * b)
-        self.up2 = UpBlock(2 * b, b, b)
-        self.head = nn.Conv2d(b, 1, 3, padding=1)
+        # ups[0] runs first (deepest): c_D -> c_{D-1}; the last one ends at c_0 and full resolution
+        self.ups = nn.ModuleList(
+            [UpBlock(level_channels(b, l + 1), level_channels(b, l), level_channels(b, l)) for l in reversed(range(depth))]
+        )
+        self.head = nn.Conv2d(level_channels(b, 0), 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        x = self.up1(x, skips[1])
-        x = self.up2(x, skips[0])
+        if len(skips) != len(self.ups):
+            raise ValueError(f"expected {len(self.ups)} skip tensors, got {len(skips)}")
+        for up, skip in zip(self.ups, reversed(skips)):
+            x = up(x, skip)
         return self.head(x)
 
 
 class PGMGVCEGenerator(nn.Module):
-    """PGMGVCE generator: ``(B, M, S, S)`` T1/T2 slices -> ``(B, 1, S, S)`` virtual T1C (linear)."""
+    """PGMGVCE generator: ``(B, M, S, S)`` T1/T2 slices -> ``(B, 1, S, S)`` virtual T1C (linear).
 
-    def __init__(self, n_modalities: int = 2, base_channels: int = 16, n_res_blocks: int = 2) -> None:
+    ``depth``: number of halvings (1..6, default 2); ``n_res_blocks``: bottleneck residual blocks.
+    """
+
+    def __init__(self, n_modalities: int = 2, base_channels: int = 16, n_res_blocks: int = 2, depth: int = 2) -> None:
         super().__init__()
         check_generator_args(n_modalities, base_channels)
+        if not 1 <= depth <= MAX_DEPTH:
+            raise ValueError(f"depth must be in 1..{MAX_DEPTH}, got {depth}")
         self.n_modalities = n_modalities
         self.base_channels = base_channels
-        c = 4 * base_channels
-        self.extractors = nn.ModuleList([FeatureExtractor(base_channels) for _ in range(n_modalities)])
+        self.depth = depth
+        c = level_channels(base_channels, depth)
+        self.extractors = nn.ModuleList([FeatureExtractor(base_channels, depth) for _ in range(n_modalities)])
         self.fusion = ModalityFusion(n_modalities, c)
         self.pathways = ModalityPathways(n_modalities, c)
         self.attention = AttentionModule(c)
         self.bottleneck = nn.Sequential(*[ResidualBlock(c) for _ in range(n_res_blocks)])
-        self.decoder = Decoder(base_channels)
+        self.decoder = Decoder(base_channels, depth)
 
     def modality_weights(self) -> torch.Tensor:
-        """Current softmax-normalised modality weights (order of the input channels)."""
+        """Current softmax-normalised modality weights ``(M,)`` (order of the input channels)."""
         return self.fusion.weights().detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.n_modalities:
-            raise ValueError(f"expected (B, {self.n_modalities}, S, S) input, got {tuple(x.shape)}")
+        check_image_size(x, self.n_modalities, self.depth, f"PGMGVCE (depth={self.depth})")
         deep, skips = [], []
         for m, extractor in enumerate(self.extractors):
             f, s = extractor(x[:, m : m + 1])
@@ -235,5 +310,5 @@ class PGMGVCEGenerator(nn.Module):
         h = self.attention(h)
         h = self.bottleneck(h)
         # skip connections: modality-weighted sums of the per-modality encoder features
-        merged = [sum(w[m] * skips[m][level] for m in range(self.n_modalities)) for level in range(2)]
+        merged = [sum(w[m] * skips[m][level] for m in range(self.n_modalities)) for level in range(self.depth)]
         return self.decoder(h, merged)
