@@ -33,6 +33,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: cores, max 4)")
     _common(p)
 
+    p = sub.add_parser("import", help="real patients (NIfTI or DICOM) -> de-identified raw cohort (docs/real_data.md)")
+    p.add_argument("--src", required=True, help="one sub-folder per patient: T1/T2/T1C as NIfTI files or DICOM series")
+    p.add_argument("--out", default="data", help="raw cohort directory to write, replaced as a whole (default: data)")
+    p.add_argument("--mapping", default=None,
+                   help="pseudonym mapping JSON, kept with the source data, never inside --out (default: <src>/.vce_pseudonyms.json)")
+    p.add_argument("--series-rule", action="append", default=[], metavar="MOD=REGEX",
+                   help="DICOM series rule: MOD=REGEX (include) or MOD!=REGEX (exclude), MOD in T1, T2, T1C; "
+                        "matched case-insensitively against 'SeriesDescription | ProtocolName | #SeriesNumber' (repeatable)")
+    p.add_argument("--series-rules", default=None, metavar="FILE",
+                   help="YAML/JSON file: {T1C: {include: REGEX, exclude: REGEX}, T2: REGEX, ...}")
+    _common(p)
+
+    p = sub.add_parser("validate", help="check a raw cohort; JSON + CSV report; exit 1 if any error")
+    p.add_argument("--raw", default="data", help="raw cohort directory (default: data)")
+    p.add_argument("--report", default=str(OUT / "validate" / "report.json"),
+                   help="report JSON path; the CSV goes next to it (default: outputs/validate/report.json)")
+    p.add_argument("--min-fov-mm", type=float, default=100.0, help="warn below this in-plane field of view (default: 100)")
+    p.add_argument("--fov-tolerance", type=float, default=0.2,
+                   help="warn when T1/T1C physical extent differs from T2's by more than this fraction (default: 0.2)")
+    _common(p)
+
     p = sub.add_parser("register", help="register T1 and T1C onto the T2 grid (rigid, Mattes MI)")
     p.add_argument("--raw", default="data", help="raw cohort directory (default: data)")
     p.add_argument("--out", default=str(OUT / "registered"))
@@ -81,10 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(OUT / "report"))
     _common(p)
 
-    p = sub.add_parser("predict", help="one patient's T1 + T2 NIfTI -> synthetic T1C NIfTI")
-    p.add_argument("--t1", required=True)
-    p.add_argument("--t2", required=True)
-    p.add_argument("--model", required=True, help="run directory (holds checkpoint.pt)")
+    p = sub.add_parser("predict", help="one patient's T1 + T2 (NIfTI or DICOM folder) -> synthetic T1C NIfTI")
+    p.add_argument("--t1", required=True, help="T1-weighted NIfTI file or DICOM series folder")
+    p.add_argument("--t2", required=True, help="T2-weighted NIfTI file or DICOM series folder (the output grid)")
+    p.add_argument("--model", required=True,
+                   help="run directory or checkpoint.pt, or an MLflow model URI, e.g. models:/vce-pgmgvce-demo@champion")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ URIs (default: project store)")
     p.add_argument("--out", required=True, help="output NIfTI path (.nii.gz)")
     _common(p)
 
@@ -122,6 +145,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "synth":
         pids = steps.synth(args.out, cfg, args.workers)
         print(f"wrote {len(pids)} synthetic patients to {args.out}")
+    elif args.cmd == "import":
+        pids = steps.import_patients(args.src, args.out, mapping=args.mapping, series_rules=args.series_rule,
+                                     series_rules_file=args.series_rules)
+        print(f"imported {len(pids)} patient(s) into {args.out}: {', '.join(pids)}")
+    elif args.cmd == "validate":
+        from .prep.validate import format_summary
+
+        report, paths = steps.validate(args.raw, args.report, cfg, min_fov_mm=args.min_fov_mm, fov_tolerance=args.fov_tolerance)
+        print(format_summary(report))
+        print(f"report: {paths[0]} {paths[1]}")
+        return 0 if report["ok"] else 1
     elif args.cmd == "register":
         qc = steps.register(args.raw, args.out, cfg, args.workers)
         print(qc.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
@@ -161,7 +195,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(format_console(tables))
         print(f"\nreport: {Path(args.out) / 'summary.md'}")
     elif args.cmd == "predict":
-        steps.predict(args.t1, args.t2, args.model, args.out, cfg)
+        steps.predict(args.t1, args.t2, args.model, args.out, cfg, tracking_uri=args.tracking_uri or default_tracking_uri())
         print(f"wrote {args.out}")
     elif args.cmd == "run":
         from .study import run_study

@@ -31,6 +31,30 @@ def synth(out: str | Path, cfg: Config, workers: int | None = None) -> list[str]
     return synthesize_cohort(out, cfg.synth, cfg.seed, workers=workers or default_workers())
 
 
+def import_patients(
+    src: str | Path,
+    out: str | Path,
+    mapping: str | Path | None = None,
+    series_rules: list[str] | None = None,
+    series_rules_file: str | Path | None = None,
+) -> dict[str, str]:
+    """Real patients (NIfTI / DICOM) -> de-identified raw cohort ``out``; ``{pseudonym: modalities}``."""
+    from .io.images import parse_rules
+    from .prep.importing import import_cohort
+
+    return import_cohort(src, out, mapping=mapping, rules=parse_rules(series_rules, series_rules_file))
+
+
+def validate(
+    raw: str | Path, report: str | Path, cfg: Config, min_fov_mm: float = 100.0, fov_tolerance: float = 0.2
+) -> tuple[dict[str, Any], tuple[Path, Path]]:
+    """Check the raw cohort (incl. that ``cfg.split`` can split it); write the JSON + CSV report."""
+    from .prep.validate import validate_cohort, write_report
+
+    rep = validate_cohort(raw, min_fov_mm=min_fov_mm, fov_tolerance=fov_tolerance, split=cfg.split, seed=cfg.seed)
+    return rep, write_report(rep, report)
+
+
 def register(raw: str | Path, out: str | Path, cfg: Config, workers: int | None = None) -> pd.DataFrame:
     from .prep.registration import register_cohort
 
@@ -98,8 +122,26 @@ def train(
             tracker.finish("FAILED")
         raise
     if tracker:
+        try:
+            _log_model(tracker, Path(path), cfg, v)
+        except BaseException:
+            tracker.finish("FAILED")
+            raise
         tracker.finish()  # evaluation metrics are added to this (finished) run later
     return path
+
+
+def _log_model(tracker: MlflowTracker, run_dir: Path, cfg: Config, v: Variant) -> None:
+    """Log the generator as an MLflow model; the study's main variant (the first in params.yaml)
+    also becomes a new version of ``vce-pgmgvce-<profile>`` with the alias ``champion``."""
+    from .tracking import log_generator_model, registered_model_name
+
+    main = cfg.variants[0].name if cfg.variants else None
+    info = log_generator_model(
+        tracker, run_dir / "checkpoint.pt", cfg.split.image_size, len(v.modalities),
+        registered_name=registered_model_name(cfg.profile) if v.name == main else None,
+    )
+    tracker.set_tags({"vce.model_uri": info["model_uri"]})
 
 
 def evaluate(
@@ -157,8 +199,16 @@ def start_study(tracking_uri: str, cfg: Config, experiment: str = DEFAULT_EXPERI
     return tr.run_id
 
 
-def predict(t1: str | Path, t2: str | Path, model_dir: str | Path, out: str | Path, cfg: Config) -> Path:
-    """One new patient's T1 + T2 NIfTI -> synthetic T1C NIfTI on the T2 grid."""
-    from .predict import predict_patient
+def predict(
+    t1: str | Path, t2: str | Path, model: str | Path, out: str | Path, cfg: Config, tracking_uri: str | None = None,
+) -> Path:
+    """One new patient's T1 + T2 (NIfTI files or DICOM series folders) -> synthetic T1C NIfTI on
+    the T2 grid. ``model``: a run directory, a ``checkpoint.pt``, or an MLflow model URI such as
+    ``models:/vce-pgmgvce-demo@champion`` (resolved against ``tracking_uri``)."""
+    import tempfile
 
-    return predict_patient(t1, t2, Path(model_dir) / "checkpoint.pt", out)
+    from .predict import predict_patient
+    from .tracking import resolve_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="vce-model-") as tmp:
+        return predict_patient(t1, t2, resolve_checkpoint(model, tracking_uri, tmp), out)

@@ -42,6 +42,9 @@ def list_patients(cohort_dir: str | Path, required: tuple[str, ...] = REQUIRED) 
         if p.name.startswith(".") or not p.is_dir():
             continue
         check_patient_id(p.name)
+        twin = next((q for q in pids if q.lower() == p.name.lower()), None)
+        if twin is not None:
+            raise VCEInputError(f"{p}: patient ids {twin} and {p.name} differ only in case (duplicate patient?)")
         missing = [PATIENT_FILES[m] for m in required if not (p / PATIENT_FILES[m]).is_file()]
         if missing:
             raise VCEInputError(f"{p}: patient {p.name} is missing {', '.join(missing)}")

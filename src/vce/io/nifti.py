@@ -28,17 +28,24 @@ def read_volume(path: str | Path, *, what: str = "volume", allow_constant: bool 
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise VCEInputError(f"{path}: cannot read {what} as an image ({first})") from exc
+    if img.GetDimension() == 3 and not _nifti_data_finite(path, what):
+        raise VCEInputError(f"{path}: {what} contains NaN or Inf values")
+    check_volume(img, path, what=what, allow_constant=allow_constant)
+    return img
+
+
+def check_volume(img: sitk.Image, where: str | Path, *, what: str = "volume", allow_constant: bool = False) -> None:
+    """Raise :class:`VCEInputError` (naming ``where``) unless ``img`` is 3D scalar, finite and not constant."""
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise VCEInputError(
-            f"{path}: {what} must be a 3D scalar volume, got {img.GetDimension()}D with "
+            f"{where}: {what} must be a 3D scalar volume, got {img.GetDimension()}D with "
             f"{img.GetNumberOfComponentsPerPixel()} component(s)"
         )
     arr = sitk.GetArrayViewFromImage(img)
-    if not np.all(np.isfinite(arr)) or not _nifti_data_finite(path, what):
-        raise VCEInputError(f"{path}: {what} contains NaN or Inf values")
+    if not np.all(np.isfinite(arr)):
+        raise VCEInputError(f"{where}: {what} contains NaN or Inf values")
     if not allow_constant and float(arr.max()) == float(arr.min()):
-        raise VCEInputError(f"{path}: {what} is constant (all voxels = {float(arr.max())})")
-    return img
+        raise VCEInputError(f"{where}: {what} is constant (all voxels = {float(arr.max())})")
 
 
 def _nifti_data_finite(path: Path, what: str) -> bool:

@@ -1,0 +1,317 @@
+"""Read one 3D image from a NIfTI (or other ITK) file or from a DICOM series folder.
+
+``read_image(path)`` is the single entry point other code uses: a file goes through
+:func:`vce.io.nifti.read_volume`; a directory is searched (recursively) for DICOM series with
+pydicom, one series is chosen (the only one, or by a :class:`SeriesRule`), its slices are sorted
+along the slice normal and read with SimpleITK's ``ImageSeriesReader``. Either way the result is
+checked (3D scalar, finite, not constant) and problems raise :class:`VCEInputError` naming the
+file or folder.
+
+Images read from DICOM carry geometry only (origin, spacing in mm, direction): no DICOM tag is
+copied into the returned image's metadata, so nothing identifying can travel with it.
+
+Series rules are case-insensitive regular expressions matched (``re.search``) against the text
+``"<SeriesDescription> | <ProtocolName> | #<SeriesNumber>"``; a series is a candidate for a
+modality when ``include`` matches and ``exclude`` (if any) does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import VCEInputError
+from .nifti import check_volume, read_volume
+
+logger = logging.getLogger(__name__)
+
+#: Orientation every imported volume is resampled-free reoriented to (``sitk.DICOMOrient``).
+#: ITK's "LPS" = identity direction matrix: index x grows to the patient's Left, y to Posterior,
+#: z to Superior (nibabel reports the written NIfTI's axis codes as ('L', 'P', 'S')).
+CANONICAL_ORIENTATION = "LPS"
+
+# word boundaries that treat '_' as a separator (series descriptions like "T1_SE_GD")
+_B, _E = r"(?<![a-z0-9])", r"(?![a-z0-9])"
+_CONTRAST = (
+    rf"post|{_B}gad|{_B}gd{_E}|\+\s*c{_E}|{_B}ce{_E}|t1c|t1\s*ce|"
+    r"(?<!pre)(?<!pre[-_ ])(?<!non)(?<!non[-_ ])contrast"
+)
+
+
+@dataclass(frozen=True)
+class SeriesRule:
+    """Choose a series: ``include`` must match its text, ``exclude`` (if not empty) must not."""
+
+    include: str
+    exclude: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("include", "exclude"):
+            try:
+                re.compile(getattr(self, name))
+            except re.error as exc:
+                raise VCEInputError(f"series rule {name} {getattr(self, name)!r} is not a valid regular expression: {exc}") from exc
+
+    def matches(self, text: str) -> bool:
+        if not re.search(self.include, text, re.IGNORECASE):
+            return False
+        return not (self.exclude and re.search(self.exclude, text, re.IGNORECASE))
+
+
+#: Default rules for the three modalities (override per modality from the CLI or a rules file).
+DEFAULT_RULES: dict[str, SeriesRule] = {
+    "T1C": SeriesRule(_CONTRAST, rf"{_B}pre{_E}|precontrast|{_B}non[-_ ]?contrast|{_B}sub(traction)?{_E}|{_B}mip{_E}"),
+    "T1": SeriesRule(r"t1|mprage|spgr", rf"{_CONTRAST}|flair|{_B}map{_E}|{_B}mip{_E}|t1\s*map"),
+    "T2": SeriesRule(r"t2", rf"flair|t2\s*\*|t2[-_ ]?star|{_B}swi{_E}|{_B}dwi{_E}|{_B}map{_E}|{_B}mip{_E}"),
+}
+
+
+@dataclass
+class DicomSeries:
+    """One DICOM series found in a folder: its files and the tags needed to choose and sort it."""
+
+    uid: str
+    number: int | None
+    description: str
+    protocol: str
+    folder: Path
+    files: list[Path] = field(default_factory=list)
+    patient_ids: set[str] = field(default_factory=set)  # for duplicate detection only; never logged
+
+    @property
+    def text(self) -> str:
+        """What series rules are matched against."""
+        return f"{self.description} | {self.protocol} | #{self.number if self.number is not None else ''}"
+
+    @property
+    def label(self) -> str:
+        """Short human name for messages (no patient tags)."""
+        return f"series #{self.number if self.number is not None else '?'} {self.description or self.protocol or '(no description)'!r} ({len(self.files)} files)"
+
+
+_TAGS = [
+    "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "ProtocolName", "PatientID",
+    "ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber", "Rows", "Columns",
+]
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True when ``path`` has the DICOM preamble magic ``DICM`` at byte 128."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
+    """All image series under ``folder`` (recursive), sorted by series number then description.
+
+    Files without the DICOM magic, and DICOM files without image rows (e.g. DICOMDIR), are
+    skipped. A file that looks like DICOM but cannot be parsed raises :class:`VCEInputError`.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    folder = Path(folder)
+    series: dict[str, DicomSeries] = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            f = Path(root) / name
+            if name.startswith(".") or not is_dicom_file(f):
+                continue
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_TAGS)
+            except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+                raise VCEInputError(f"{f}: unreadable DICOM file ({exc})") from exc
+            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            if not uid or "Rows" not in ds:
+                continue
+            s = series.get(uid)
+            if s is None:
+                num = ds.get("SeriesNumber", None)
+                s = series[uid] = DicomSeries(
+                    uid=uid,
+                    number=int(num) if num not in (None, "") else None,
+                    description=str(ds.get("SeriesDescription", "") or "").strip(),
+                    protocol=str(ds.get("ProtocolName", "") or "").strip(),
+                    folder=Path(root),
+                )
+            s.files.append(f)
+            if ds.get("PatientID"):
+                s.patient_ids.add(str(ds.PatientID))
+    return sorted(series.values(), key=lambda s: (s.number if s.number is not None else 1 << 30, s.description, s.uid))
+
+
+def choose_series(
+    series: list[DicomSeries], rule: SeriesRule | None, *, where: str, what: str
+) -> DicomSeries:
+    """The one series of ``series`` that ``rule`` selects (``rule=None``: the only series).
+
+    Raises :class:`VCEInputError` naming ``where`` and listing the candidates when none or
+    several match.
+    """
+    listing = "; ".join(s.label for s in series) or "none"
+    if not series:
+        raise VCEInputError(f"{where}: no DICOM image series found for {what}")
+    if rule is None:
+        if len(series) == 1:
+            return series[0]
+        raise VCEInputError(f"{where}: {len(series)} DICOM series, cannot tell which is {what} (give a series rule); series: {listing}")
+    hits = [s for s in series if rule.matches(s.text)]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise VCEInputError(
+            f"{where}: no DICOM series matches the {what} rule (include {rule.include!r}, exclude {rule.exclude!r}); series: {listing}"
+        )
+    raise VCEInputError(
+        f"{where}: {what} is ambiguous, {len(hits)} series match its rule: {'; '.join(s.label for s in hits)} "
+        f"(override with --series-rule, e.g. matching '#<SeriesNumber>')"
+    )
+
+
+def _sorted_files(s: DicomSeries, what: str) -> list[str]:
+    """Slice files sorted along the slice normal; refuse 4D / multi-echo / mixed-orientation series."""
+    import pydicom
+
+    keys = []
+    orients = set()
+    for f in s.files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_TAGS)
+        iop = ds.get("ImageOrientationPatient")
+        ipp = ds.get("ImagePositionPatient")
+        if iop is not None and ipp is not None:
+            r, c = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+            orients.add(tuple(np.round(np.r_[r, c], 3)))
+            keys.append((round(float(np.dot(np.cross(r, c), np.asarray(ipp, float))), 3), str(f)))
+        else:
+            keys.append((float(ds.get("InstanceNumber", 0) or 0), str(f)))
+    if len(orients) > 1:
+        raise VCEInputError(f"{s.folder}: {what} {s.label} mixes {len(orients)} slice orientations (not one 3D volume)")
+    positions = {k for k, _ in keys}
+    if len(positions) < len(keys):
+        raise VCEInputError(
+            f"{s.folder}: {what} {s.label} has {len(keys)} images at {len(positions)} slice positions: "
+            "a 4D (dynamic, multi-echo, diffusion) series is not a 3D volume"
+        )
+    if len(keys) < 2:
+        raise VCEInputError(f"{s.folder}: {what} {s.label} has a single slice: need a 3D volume")
+    return [f for _, f in sorted(keys)]
+
+
+def read_dicom_series(s: DicomSeries, *, what: str = "volume", allow_constant: bool = False) -> sitk.Image:
+    """Read and check one series as a 3D ``sitk.Image`` (geometry only, no DICOM tags)."""
+    files = _sorted_files(s, what)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOff()
+    reader.LoadPrivateTagsOff()
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise VCEInputError(f"{s.folder}: cannot read {what} {s.label} as an image ({first})") from exc
+    clean = sitk.Image(img)
+    for k in clean.GetMetaDataKeys():
+        clean.EraseMetaData(k)
+    check_volume(clean, s.folder, what=f"{what} ({s.label})", allow_constant=allow_constant)
+    return clean
+
+
+def read_image(
+    path: str | Path,
+    *,
+    what: str = "volume",
+    rule: SeriesRule | str | None = None,
+    allow_constant: bool = False,
+    orientation: str | None = None,
+) -> sitk.Image:
+    """Read a 3D volume from a NIfTI/ITK file or a DICOM series folder, checked.
+
+    Args:
+        path: an image file (``.nii.gz``, ``.nii``, ``.mha``, ...) or a folder holding DICOM files.
+        what: what the image is, for error messages (e.g. ``"T1 of patient P0001"``).
+        rule: for folders with several series, which one to take: a :class:`SeriesRule`, a
+            modality name of :data:`DEFAULT_RULES` (``"T1"``, ``"T2"``, ``"T1C"``) or a regex
+            (include). ``None``: the folder must hold exactly one series.
+        allow_constant: accept a constant image (masks).
+        orientation: if given (e.g. :data:`CANONICAL_ORIENTATION`), reorient with
+            ``sitk.DICOMOrient`` (axis permutation/flip, no resampling; spacing kept).
+
+    Returns:
+        ``sitk.Image`` in physical space (origin and spacing in mm, direction cosines).
+
+    Raises:
+        VCEInputError: missing, unreadable, truncated, non-image, 4D, NaN/Inf, constant, or no /
+            several matching series; the message names the file or folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if isinstance(rule, str):
+            rule = DEFAULT_RULES.get(rule.upper(), None) or SeriesRule(rule)
+        series = list_dicom_series(path)
+        if not series:
+            raise VCEInputError(f"{path}: no DICOM image series found for {what}")
+        img = read_dicom_series(choose_series(series, rule if len(series) > 1 else None, where=str(path), what=what),
+                                what=what, allow_constant=allow_constant)
+    else:
+        img = read_volume(path, what=what, allow_constant=allow_constant)
+    if orientation:
+        img = sitk.DICOMOrient(img, orientation)
+    return img
+
+
+def parse_rules(specs: list[str] | None = None, file: str | Path | None = None,
+                base: Mapping[str, SeriesRule] | None = None) -> dict[str, SeriesRule]:
+    """Series rules: ``base`` (default :data:`DEFAULT_RULES`), then a YAML/JSON ``file``, then ``specs``.
+
+    ``file`` maps a modality to a regex (include) or to ``{include: ..., exclude: ...}``.
+    ``specs`` are ``MOD=REGEX`` (replace the include regex and drop the default exclude) or
+    ``MOD!=REGEX`` (replace the exclude regex).
+    """
+    rules = dict(base if base is not None else DEFAULT_RULES)
+    if file is not None:
+        import yaml
+
+        file = Path(file)
+        if not file.is_file():
+            raise VCEInputError(f"{file}: series rules file not found")
+        try:
+            raw = yaml.safe_load(file.read_text())  # JSON is YAML
+        except yaml.YAMLError as exc:
+            raise VCEInputError(f"{file}: not valid YAML/JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise VCEInputError(f"{file}: expected a mapping modality -> rule")
+        for mod, r in raw.items():
+            mod = _modality(str(mod), str(file))
+            if isinstance(r, str):
+                rules[mod] = SeriesRule(r)
+            elif isinstance(r, dict) and set(r) <= {"include", "exclude"} and "include" in r:
+                rules[mod] = SeriesRule(str(r["include"]), str(r.get("exclude") or ""))
+            else:
+                raise VCEInputError(f"{file}: rule for {mod} must be a regex or {{include: ..., exclude: ...}}, got {r!r}")
+    for spec in specs or []:
+        m = re.match(r"^\s*([A-Za-z0-9]+)\s*(!?=)(.*)$", spec)
+        if not m:
+            raise VCEInputError(f"series rule {spec!r}: expected MOD=REGEX or MOD!=REGEX (MOD in T1, T2, T1C)")
+        mod, op, rx = _modality(m.group(1), "--series-rule"), m.group(2), m.group(3)
+        old = rules.get(mod, SeriesRule(".*"))
+        rules[mod] = SeriesRule(rx) if op == "=" else SeriesRule(old.include, rx)
+    return rules
+
+
+def _modality(name: str, where: str) -> str:
+    up = name.upper()
+    if up not in DEFAULT_RULES:
+        raise VCEInputError(f"{where}: unknown modality {name!r} in series rules (use T1, T2, T1C)")
+    return up

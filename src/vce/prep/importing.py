@@ -1,0 +1,308 @@
+"""``vce import``: bring real patients (NIfTI files or DICOM series) into the raw cohort layout.
+
+```
+<src>/<any folder name>/T1.nii.gz | T1/ (DICOM) | DICOM series anywhere below, chosen by rule
+<src>/<any folder name>/T2..., T1C...            same
+<src>/<any folder name>/tumor_mask.nii.gz        optional
+        |
+        v
+<out>/<pseudonym>/{T1,T2,T1C}.nii.gz [tumor_mask.nii.gz]    pseudonym P0001, P0002, ...
+<out>/import.json                                           orientation, sizes, spacings (no identifiers)
+<mapping>                                                   pseudonym <-> source folder / DICOM PatientID
+```
+
+De-identification: only voxel data and geometry (origin, spacing, direction) are written; the
+NIfTI text fields (``descrip``, ``aux_file``, ``intent_name``, ``db_name``) are set to fixed safe
+values and no header extension is written. Pseudonyms are sequential (``P0001``...) in sorted
+order of the source folder names, so they carry no information and need no secret; the mapping
+(JSON) is the only link back, it is written next to the source data (default
+``<src>/.vce_pseudonyms.json``), never inside ``<out>``, and is re-used on re-import so a patient
+keeps their pseudonym (matched by source folder name, else by DICOM PatientID). Log messages name
+pseudonyms only; error messages name the source folder (the user's own name for it) and series
+descriptions, never DICOM patient tags.
+
+Every volume is reoriented with ``sitk.DICOMOrient`` to :data:`CANONICAL_ORIENTATION` (ITK "LPS",
+identity direction; no resampling, spacing kept). ``<out>`` is written atomically: complete or
+absent (a rerun replaces it as a whole).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..io.atomic import atomic_dir, atomic_file, write_json
+from ..io.cohort import REQUIRED, check_patient_id
+from ..io.errors import VCEInputError
+from ..io.images import (
+    CANONICAL_ORIENTATION,
+    DEFAULT_RULES,
+    DicomSeries,
+    SeriesRule,
+    choose_series,
+    list_dicom_series,
+    read_dicom_series,
+)
+from ..io.nifti import PATIENT_FILES, read_volume
+
+logger = logging.getLogger(__name__)
+
+MAPPING_NAME = ".vce_pseudonyms.json"
+NIFTI_DESCRIPTION = "vce import (de-identified)"
+_IMAGE_EXT = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+_PSEUDO = re.compile(r"^P(\d{4,})$")
+
+
+@dataclass
+class Source:
+    """Where one modality of one patient comes from."""
+
+    kind: str  # "file" | "dicom"
+    path: Path
+    series: DicomSeries | None = None
+
+
+@dataclass
+class Case:
+    """One source folder resolved to its modality sources (headers only, nothing read yet)."""
+
+    folder: Path
+    sources: dict[str, Source] = field(default_factory=dict)
+    patient_ids: set[str] = field(default_factory=set)
+
+
+def default_mapping_path(src: str | Path) -> Path:
+    return Path(src) / MAPPING_NAME
+
+
+def _stem(name: str) -> str | None:
+    low = name.lower()
+    for ext in _IMAGE_EXT:
+        if low.endswith(ext):
+            return low[: -len(ext)]
+    return None
+
+
+def resolve_case(folder: Path, rules: dict[str, SeriesRule]) -> Case:
+    """Find the T1, T2, T1C (and optional tumour mask) sources of one source folder.
+
+    Per modality, in order: an image file named like the modality (``T1.nii.gz``, ``t1c.nii``,
+    case-insensitive), a sub-folder named like it (its DICOM series; by rule if several), else
+    the DICOM series anywhere below ``folder`` chosen by the modality's rule.
+    """
+    case = Case(folder)
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = {_stem(p.name): p for p in entries if p.is_file() and _stem(p.name)}
+    dirs = {p.name.lower(): p for p in entries if p.is_dir()}
+    pool: list[DicomSeries] | None = None
+    for mod in REQUIRED:
+        what = f"{mod} of source folder {folder.name}"
+        if mod.lower() in files:
+            case.sources[mod] = Source("file", files[mod.lower()])
+        elif mod.lower() in dirs:
+            d = dirs[mod.lower()]
+            series = list_dicom_series(d)
+            s = choose_series(series, rules[mod] if len(series) > 1 else None, where=str(d), what=what)
+            case.sources[mod] = Source("dicom", d, s)
+        else:
+            if pool is None:
+                pool = list_dicom_series(folder)
+            if not pool:
+                raise VCEInputError(
+                    f"{folder}: source folder {folder.name} has no {mod} (no {mod}.nii.gz, no {mod}/ folder, no DICOM series)"
+                )
+            s = choose_series(pool, rules[mod], where=str(folder), what=what)
+            case.sources[mod] = Source("dicom", s.folder, s)
+    if "tumor_mask" in files:
+        case.sources["mask"] = Source("file", files["tumor_mask"])
+    chosen = [(m, s.series) for m, s in case.sources.items() if s.series is not None]
+    uids: dict[str, str] = {}
+    for mod, s in chosen:
+        if s.uid in uids:
+            raise VCEInputError(f"{folder}: the same {s.label} was chosen for {uids[s.uid]} and {mod}; adjust the series rules")
+        uids[s.uid] = mod
+        case.patient_ids |= s.patient_ids
+    if len(case.patient_ids) > 1:
+        raise VCEInputError(
+            f"{folder}: the series chosen for source folder {folder.name} carry {len(case.patient_ids)} different "
+            "PatientIDs (several patients in one folder?)"
+        )
+    return case
+
+
+# --- pseudonym mapping ---------------------------------------------------------------------
+
+def load_mapping(path: Path) -> list[dict[str, Any]]:
+    """Entries ``{"pseudonym", "sources": [folder names], "patient_ids": [...]}`` ([] if absent)."""
+    if not path.is_file():
+        return []
+    try:
+        raw = json.loads(path.read_text())
+        entries = raw["patients"]
+        for e in entries:
+            if not _PSEUDO.match(e["pseudonym"]) or not isinstance(e["sources"], list) or not isinstance(e["patient_ids"], list):
+                raise ValueError(f"bad entry {e.get('pseudonym')!r}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise VCEInputError(f"{path}: not a valid pseudonym mapping ({exc})") from exc
+    if len({e["pseudonym"] for e in entries}) != len(entries):
+        raise VCEInputError(f"{path}: pseudonym mapping lists a pseudonym twice")
+    return entries
+
+
+def assign_pseudonyms(cases: list[Case], entries: list[dict[str, Any]], mapping_path: Path) -> dict[str, str]:
+    """``{source folder name: pseudonym}``, re-using ``entries`` and extending them in place."""
+    by_source = {s: e for e in entries for s in e["sources"]}
+    by_pid = {p: e for e in entries for p in e["patient_ids"]}
+    nxt = max((int(_PSEUDO.match(e["pseudonym"]).group(1)) for e in entries), default=0) + 1
+    out: dict[str, str] = {}
+    for c in cases:
+        name = c.folder.name
+        e = by_source.get(name)
+        via_pid = {id(by_pid[p]): by_pid[p] for p in c.patient_ids if p in by_pid}
+        if e is not None and via_pid and id(e) not in via_pid:
+            raise VCEInputError(
+                f"{c.folder}: source folder {name} is mapped to {e['pseudonym']} in {mapping_path}, but its DICOM "
+                f"PatientID belongs to {next(iter(via_pid.values()))['pseudonym']}; fix the folder or the mapping"
+            )
+        if e is None and via_pid:
+            e = next(iter(via_pid.values()))
+            e["sources"].append(name)
+        if e is None:
+            e = {"pseudonym": f"P{nxt:04d}", "sources": [name], "patient_ids": []}
+            nxt += 1
+            entries.append(e)
+        e["patient_ids"] = sorted(set(e["patient_ids"]) | c.patient_ids)
+        out[name] = check_patient_id(e["pseudonym"])
+    dup: dict[str, list[str]] = {}
+    for name, p in out.items():
+        dup.setdefault(p, []).append(name)
+    clashes = {p: n for p, n in dup.items() if len(n) > 1}
+    if clashes:
+        p, names = next(iter(clashes.items()))
+        raise VCEInputError(f"{mapping_path}: source folders {', '.join(names)} map to the same pseudonym {p} (same patient twice?)")
+    return out
+
+
+# --- writing -------------------------------------------------------------------------------
+
+def write_deidentified(img: sitk.Image, path: Path) -> None:
+    """Write ``img``'s voxels and geometry only to a .nii.gz, text header fields set to safe values."""
+    import nibabel as nib
+
+    arr = sitk.GetArrayFromImage(img)
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    clean = sitk.GetImageFromArray(arr)
+    clean.CopyInformation(img)  # origin, spacing, direction only (no metadata)
+    with atomic_file(path, suffix=".nii.gz") as tmp:
+        sitk.WriteImage(clean, str(tmp), useCompression=True)
+        nii = nib.load(str(tmp))
+        hdr = nii.header.copy()
+        hdr["descrip"] = NIFTI_DESCRIPTION.encode()
+        for key in ("aux_file", "intent_name", "db_name", "data_type"):
+            hdr[key] = b""
+        del hdr.extensions[:]
+        nib.save(nib.Nifti1Image(np.asanyarray(nii.dataobj), nii.affine, hdr), str(tmp))
+
+
+def _read(source: Source, mod: str, pseudonym: str) -> sitk.Image:
+    """Read, check and reorient one modality (``mod`` in T1, T2, T1C, mask)."""
+    what = f"{'tumour mask' if mod == 'mask' else mod} ({pseudonym})"
+    if source.kind == "file":
+        img = read_volume(source.path, what=what, allow_constant=mod == "mask")
+    else:
+        img = read_dicom_series(source.series, what=what, allow_constant=mod == "mask")
+    return sitk.DICOMOrient(img, CANONICAL_ORIENTATION)
+
+
+def _inside(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
+
+
+def import_cohort(
+    src: str | Path,
+    out: str | Path,
+    mapping: str | Path | None = None,
+    rules: dict[str, SeriesRule] | None = None,
+) -> dict[str, str]:
+    """Import every patient folder of ``src`` into ``out`` (raw layout); returns ``{pseudonym: kinds}``.
+
+    All source folders are resolved first and every problem is reported together (one
+    :class:`VCEInputError`, each line naming the source folder); ``out`` and the mapping are only
+    written when every patient imports cleanly.
+    """
+    src, out = Path(src), Path(out)
+    mapping_path = Path(mapping) if mapping else default_mapping_path(src)
+    rules = {**DEFAULT_RULES, **(rules or {})}
+    if not src.is_dir():
+        raise VCEInputError(f"{src}: source directory not found")
+    if _inside(out, src) or _inside(src, out):
+        raise VCEInputError(f"--out {out} and --src {src} must not contain each other")
+    if _inside(mapping_path, out):
+        raise VCEInputError(f"{mapping_path}: the pseudonym mapping must not be written inside the de-identified output {out}")
+    folders = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise VCEInputError(f"{src}: no patient folders found")
+    seen: dict[str, Path] = {}
+    errors: list[str] = []
+    for f in folders:
+        if f.name.lower() in seen:
+            errors.append(f"{f}: source folders {seen[f.name.lower()].name} and {f.name} differ only in case (duplicate patient?)")
+        seen[f.name.lower()] = f
+    cases: list[Case] = []
+    for f in folders:
+        try:
+            cases.append(resolve_case(f, rules))
+        except VCEInputError as exc:
+            errors.append(str(exc))
+    owner: dict[str, Case] = {}
+    for c in cases:
+        for p in c.patient_ids:
+            if p in owner:
+                errors.append(
+                    f"{c.folder}: source folders {owner[p].folder.name} and {c.folder.name} hold the same DICOM PatientID "
+                    "(duplicate patient); import each patient once"
+                )
+            owner[p] = c
+    if errors:
+        raise VCEInputError(f"import of {src} failed ({len(errors)} problem(s)):\n  " + "\n  ".join(errors))
+    entries = load_mapping(mapping_path)
+    pseudo = assign_pseudonyms(cases, entries, mapping_path)
+
+    summary: dict[str, Any] = {}
+    with atomic_dir(out) as tmp:
+        for c in cases:
+            pid = pseudo[c.folder.name]
+            (tmp / pid).mkdir()
+            info = {}
+            try:
+                for mod, source in c.sources.items():
+                    img = _read(source, mod, pid)
+                    write_deidentified(img, tmp / pid / PATIENT_FILES[mod])
+                    info[mod] = {
+                        "source": "dicom" if source.kind == "dicom" else "file",
+                        "size": list(img.GetSize()),
+                        "spacing_mm": [round(s, 4) for s in img.GetSpacing()],
+                    }
+            except VCEInputError as exc:
+                raise VCEInputError(f"source folder {c.folder.name} ({pid}): {exc}") from exc
+            summary[pid] = info
+            logger.info("imported %s: %s", pid, ", ".join(f"{m} {v['source']} {v['size']}" for m, v in info.items()))
+        write_json(tmp / "import.json", {"orientation": CANONICAL_ORIENTATION, "tool": "vce import",
+                                         "nifti_description": NIFTI_DESCRIPTION, "patients": summary})
+        write_json(mapping_path, {
+            "note": "vce import pseudonym mapping: links pseudonyms to real patients. Keep it with the "
+                    "identifiable source data; never share it with the de-identified cohort.",
+            "version": 1,
+            "patients": sorted(entries, key=lambda e: e["pseudonym"]),
+        })
+    logger.info("imported %d patient(s) into %s (mapping: kept next to the source data)", len(summary), out)
+    return {p: ",".join(sorted(v)) for p, v in summary.items()}

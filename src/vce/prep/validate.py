@@ -1,0 +1,248 @@
+"""``vce validate``: check a raw cohort before running the study, without changing it.
+
+Per patient of ``<raw>/<pid>/`` (the layout of :mod:`vce.io.cohort`) it reports every problem it
+finds, not only the first, each as an issue ``(patient, file, severity, check, message)``:
+
+errors (the study would refuse the cohort): ``patient_id`` (unsafe directory name),
+``duplicate_id`` (ids equal up to case), ``missing`` modality, ``unreadable`` (not an image,
+empty), ``truncated`` (NIfTI data shorter than its header says), ``not_3d`` (e.g. 4D),
+``not_scalar``, ``non_finite`` (NaN/Inf), ``constant`` (e.g. all zero), ``mask_shape`` (tumour
+mask not on the T2 grid), ``no_patients``, ``cohort_too_small`` (the configured split needs more).
+
+warnings (the study runs, but look): ``negative`` values, ``tiny_fov`` (in-plane field of view
+below ``min_fov_mm``), ``fov_mismatch`` (physical extent of T1/T1C differs from T2 by more than
+``fov_tolerance``, relative, on some axis), ``mask_grid`` (mask spacing/origin/direction differ
+from T2), ``mask_values`` (mask not 0/1), ``empty_mask``, ``unexpected_file``.
+
+The report is written as JSON and CSV (atomically); nothing else is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..io.atomic import write_json, write_text
+from ..io.cohort import REQUIRED, check_patient_id
+from ..io.errors import VCEInputError
+from ..io.nifti import PATIENT_FILES
+
+logger = logging.getLogger(__name__)
+
+#: files a patient directory may hold besides the volumes
+KNOWN_EXTRA = {"motion.json", "transforms.json", "qc.json"}
+
+
+@dataclass(frozen=True)
+class Issue:
+    patient: str
+    file: str
+    severity: str  # "error" | "warning"
+    check: str
+    message: str
+
+
+def physical_extent(img: sitk.Image) -> np.ndarray:
+    """(3,) extent in mm along the world axes: |direction| @ (size * spacing)."""
+    d = np.abs(np.asarray(img.GetDirection(), float).reshape(3, 3))
+    return d @ (np.asarray(img.GetSize(), float) * np.asarray(img.GetSpacing(), float))
+
+
+def _read(path: Path, pid: str, what: str, issues: list[Issue]) -> sitk.Image | None:
+    """Read ``path`` and run the content checks; append issues; the image if usable as 3D."""
+    def err(check: str, msg: str) -> None:
+        issues.append(Issue(pid, str(path), "error", check, f"{what}: {msg}"))
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        err("unreadable", f"cannot read as an image ({last})")
+        return None
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        try:
+            data = np.asanyarray(nib.load(str(path)).dataobj)
+        except Exception as exc:  # noqa: BLE001 - truncated gzip, short data
+            err("truncated", f"truncated or corrupt NIfTI ({exc})")
+            return None
+        if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+            err("non_finite", f"{int(np.size(data) - np.isfinite(data).sum())} NaN/Inf voxel(s)")
+            return None
+    if img.GetDimension() != 3:
+        err("not_3d", f"must be a 3D volume, got {img.GetDimension()}D (size {img.GetSize()})")
+        return None
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        err("not_scalar", f"has {img.GetNumberOfComponentsPerPixel()} components per voxel, need 1")
+        return None
+    arr = sitk.GetArrayViewFromImage(img)
+    if not np.all(np.isfinite(arr)):
+        err("non_finite", "contains NaN/Inf")
+        return None
+    return img
+
+
+def validate_patient(
+    pdir: Path, *, min_fov_mm: float = 100.0, fov_tolerance: float = 0.2
+) -> tuple[list[Issue], bool]:
+    """Issues of one patient directory, and whether it is usable (no errors)."""
+    pid = pdir.name
+    issues: list[Issue] = []
+    try:
+        check_patient_id(pid)
+    except VCEInputError as exc:
+        issues.append(Issue(pid, str(pdir), "error", "patient_id", str(exc)))
+    imgs: dict[str, sitk.Image] = {}
+    for mod in (*REQUIRED, "mask"):
+        path = pdir / PATIENT_FILES[mod]
+        what = "tumour mask" if mod == "mask" else mod
+        if not path.exists():
+            if mod != "mask":
+                issues.append(Issue(pid, str(path), "error", "missing", f"{what} file {path.name} is missing"))
+            continue
+        img = _read(path, pid, what, issues)
+        if img is None:
+            continue
+        arr = sitk.GetArrayViewFromImage(img)
+        lo, hi = float(arr.min()), float(arr.max())
+        if mod == "mask":
+            vals = np.unique(arr)
+            if hi == 0:
+                issues.append(Issue(pid, str(path), "warning", "empty_mask", "tumour mask is all zero"))
+            elif not set(vals.tolist()) <= {0, 1}:
+                issues.append(Issue(pid, str(path), "warning", "mask_values", f"tumour mask values {vals[:6].tolist()}... are not 0/1"))
+        else:
+            if lo == hi:
+                issues.append(Issue(pid, str(path), "error", "constant", f"{what} is constant (all voxels = {lo:g})"))
+                continue
+            if lo < 0:
+                issues.append(Issue(pid, str(path), "warning", "negative", f"{what} has negative values (min {lo:g}); MR magnitudes are >= 0"))
+            fov = np.asarray(img.GetSize()[:2], float) * np.asarray(img.GetSpacing()[:2], float)
+            if fov.min() < min_fov_mm:
+                issues.append(Issue(pid, str(path), "warning", "tiny_fov",
+                                    f"{what} in-plane field of view {fov[0]:.0f} x {fov[1]:.0f} mm is below {min_fov_mm:g} mm"))
+        imgs[mod] = img
+    t2 = imgs.get("T2")
+    if t2 is not None:
+        ref = physical_extent(t2)
+        for mod in ("T1", "T1C"):
+            if mod in imgs:
+                ext = physical_extent(imgs[mod])
+                rel = np.abs(ext - ref) / np.maximum(ref, 1e-6)
+                if rel.max() > fov_tolerance:
+                    issues.append(Issue(pid, str(pdir / PATIENT_FILES[mod]), "warning", "fov_mismatch",
+                                        f"{mod} extent {np.round(ext, 1).tolist()} mm differs from T2 extent "
+                                        f"{np.round(ref, 1).tolist()} mm by {100 * rel.max():.0f}% (> {100 * fov_tolerance:g}%)"))
+        if "mask" in imgs:
+            m, path = imgs["mask"], str(pdir / PATIENT_FILES["mask"])
+            if m.GetSize() != t2.GetSize():
+                issues.append(Issue(pid, path, "error", "mask_shape", f"tumour mask size {m.GetSize()} != T2 size {t2.GetSize()}"))
+            elif not (np.allclose(m.GetSpacing(), t2.GetSpacing(), atol=1e-3) and np.allclose(m.GetOrigin(), t2.GetOrigin(), atol=1e-2)
+                      and np.allclose(m.GetDirection(), t2.GetDirection(), atol=1e-4)):
+                issues.append(Issue(pid, path, "warning", "mask_grid", "tumour mask spacing/origin/direction differ from T2's"))
+    expected = set(PATIENT_FILES.values()) | KNOWN_EXTRA
+    for f in sorted(pdir.iterdir()):
+        if not f.name.startswith(".") and f.name not in expected:
+            issues.append(Issue(pid, str(f), "warning", "unexpected_file",
+                                f"unexpected {'folder' if f.is_dir() else 'file'} {f.name} (ignored; expected {', '.join(PATIENT_FILES.values())})"))
+    return issues, not any(i.severity == "error" for i in issues)
+
+
+def validate_cohort(
+    raw: str | Path,
+    *,
+    min_fov_mm: float = 100.0,
+    fov_tolerance: float = 0.2,
+    split: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Validate every patient of ``raw``; the report as a dict (see module docstring).
+
+    ``split`` (a :class:`vce.config.SplitConfig`), if given, adds the check that the usable
+    patients can be split as configured.
+    """
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise VCEInputError(f"{raw}: cohort directory not found")
+    pdirs = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
+    cohort: list[Issue] = []
+    patients: dict[str, dict[str, Any]] = {}
+    usable: list[str] = []
+    lower: dict[str, str] = {}
+    for p in pdirs:
+        issues, ok = validate_patient(p, min_fov_mm=min_fov_mm, fov_tolerance=fov_tolerance)
+        if p.name.lower() in lower:
+            issues.append(Issue(p.name, str(p), "error", "duplicate_id",
+                                f"patient ids {lower[p.name.lower()]} and {p.name} differ only in case"))
+            ok = False
+        lower[p.name.lower()] = p.name
+        if ok:
+            usable.append(p.name)
+        sev = {i.severity for i in issues}
+        patients[p.name] = {"status": "error" if "error" in sev else "warning" if sev else "ok",
+                            "issues": [asdict(i) for i in issues]}
+    if not pdirs:
+        cohort.append(Issue("*", str(raw), "error", "no_patients", "no patient directories found"))
+    elif split is not None:
+        from .split import assign_split
+
+        try:
+            assign_split(usable, split.test_ratio, seed, getattr(split, "folds", 0), getattr(split, "fold", 0))
+        except VCEInputError as exc:
+            cohort.append(Issue("*", str(raw), "error", "cohort_too_small", f"{len(usable)} usable patient(s): {exc}"))
+    all_issues = [i for p in patients.values() for i in p["issues"]] + [asdict(i) for i in cohort]
+    n_err = sum(i["severity"] == "error" for i in all_issues)
+    n_warn = sum(i["severity"] == "warning" for i in all_issues)
+    return {
+        "raw": str(raw),
+        "settings": {"min_fov_mm": min_fov_mm, "fov_tolerance": fov_tolerance},
+        "n_patients": len(pdirs),
+        "n_usable": len(usable),
+        "n_errors": n_err,
+        "n_warnings": n_warn,
+        "ok": n_err == 0,
+        "patients": patients,
+        "cohort": [asdict(i) for i in cohort],
+    }
+
+
+def report_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """All issues as flat rows (patient, file, severity, check, message)."""
+    return [i for p in report["patients"].values() for i in p["issues"]] + list(report["cohort"])
+
+
+def write_report(report: dict[str, Any], json_path: str | Path) -> tuple[Path, Path]:
+    """Write ``report`` to ``json_path`` and its issues to the same name with ``.csv``, atomically."""
+    json_path = Path(json_path)
+    csv_path = json_path.with_suffix(".csv")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[f for f in Issue.__dataclass_fields__], lineterminator="\n")
+    w.writeheader()
+    w.writerows(report_rows(report))
+    write_json(json_path, report)
+    write_text(csv_path, buf.getvalue())
+    return json_path, csv_path
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """Console summary: one line per patient with problems, then the totals."""
+    lines = []
+    for pid, p in report["patients"].items():
+        if p["status"] == "ok":
+            lines.append(f"{pid:>12}  ok")
+            continue
+        for i in p["issues"]:
+            lines.append(f"{pid:>12}  {i['severity']:<7} {i['check']:<15} {i['message']}")
+    for i in report["cohort"]:
+        lines.append(f"{'(cohort)':>12}  {i['severity']:<7} {i['check']:<15} {i['message']}")
+    lines.append(f"{report['n_patients']} patient(s), {report['n_usable']} usable: "
+                 f"{report['n_errors']} error(s), {report['n_warnings']} warning(s)")
+    return "\n".join(lines)
