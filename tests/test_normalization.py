@@ -63,3 +63,158 @@ def test_normalized_store(tiny_normalized, tiny_split):
     mu, sd = apply_calibration(params["calibration"], st)
     assert mu > 0 and sd > 0
     assert abs(mu - st["T1C"]["mu"]) / st["T1C"]["mu"] < 0.5
+
+
+# ------------------------------------------------------------------------------------------------
+# round trip at float precision, including extreme values
+
+
+@pytest.mark.parametrize("method", ["zscore", "sigmoid", "tanh"])
+def test_round_trip_float_precision(method):
+    """forward stores float32; inverse must lose no more than that rounding implies.
+
+    With y = f(z) rounded to float32 (|dy| <= ulp(y) / 2), the error of x = mu + sd z is
+    sd |dy| / f'(z) plus the float32 rounding of x itself.
+    """
+    mu, sd = 1234.5, 321.0
+    z = np.concatenate([np.linspace(-8.0, 8.0, 4001), [-12.0, 12.0]])  # 8 sd: far beyond any body voxel
+    x = mu + sd * z
+    y = forward(x, mu, sd, method)
+    assert y.dtype == np.float32
+    back = inverse(y, mu, sd, method).astype(np.float64)
+    if method == "zscore":
+        dydz = np.ones_like(z)
+    elif method == "sigmoid":
+        s = 1 / (1 + np.exp(-z))
+        dydz = s * (1 - s)
+    else:
+        dydz = 0.5 * 0.01 * (1 - np.tanh(0.01 * z) ** 2)
+    ulp_y = np.spacing(np.abs(y).astype(np.float32)).astype(np.float64)
+    bound = 1.01 * sd * 0.5 * ulp_y / dydz + np.spacing(np.abs(x).astype(np.float32)) + 1e-9
+    err = np.abs(back - x)
+    assert np.all(err <= bound), (method, float((err / bound).max()), float(z[np.argmax(err / bound)]))
+    # in the tissue range (|z| <= 3) the round trip is well below one 12-bit grey level
+    assert err[np.abs(z) <= 3].max() < 0.1
+    # and in float64 the inverse is exact to rounding
+    y64 = {"zscore": z, "sigmoid": 1 / (1 + np.exp(-z)), "tanh": 0.5 * (np.tanh(0.01 * z) + 1)}[method]
+    np.testing.assert_allclose(inverse(y64, mu, sd, method), x.astype(np.float32), rtol=2e-7, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "tanh"])
+def test_inverse_clips_to_known_saturation(method):
+    """y outside (0, 1) (a generator overshoot) maps to the clip values, monotonically."""
+    mu, sd, c = 100.0, 10.0, 1e-6
+    lo, hi = inverse(np.array([-0.5, 0.0, 1.0, 1.5]), mu, sd, method)[[0, 1]], inverse(np.array([1.0, 1.5]), mu, sd, method)
+    zmax = np.log((1 - c) / c) if method == "sigmoid" else np.arctanh(1 - 2 * c) / 0.01
+    np.testing.assert_allclose(hi, mu + sd * zmax, rtol=1e-6)
+    np.testing.assert_allclose(lo, mu - sd * zmax, rtol=1e-6)
+    y = np.linspace(-0.1, 1.1, 1001)
+    assert np.all(np.diff(inverse(y, mu, sd, method)) >= 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# calibration error report
+
+
+def _stats(mu1, sd1, mu2, sd2, muc, sdc):
+    return {"T1": {"mu": mu1, "sd": sd1}, "T2": {"mu": mu2, "sd": sd2}, "T1C": {"mu": muc, "sd": sdc}}
+
+
+def test_calibration_report_is_out_of_sample():
+    from vce.prep.normalization import calibration_report
+
+    rng = np.random.default_rng(0)
+    stats = {}
+    for i in range(12):
+        f = rng.uniform(500, 1500, 4)
+        stats[f"P{i:02d}"] = _stats(*f, 0.8 * f[0] + 0.3 * f[2] + 20.0, 0.5 * f[1] + 0.2 * f[3] + 5.0)
+    pids = sorted(stats)
+    # an exactly linear relation: out of sample errors vanish
+    rep, tab = calibration_report(stats, pids[:10], pids[10:])
+    assert rep["loo"]["n_patients"] == 10 and rep["test"]["n_patients"] == 2
+    assert rep["loo"]["rel_error_mu_max"] < 1e-9 and rep["test"]["rel_error_sd_max"] < 1e-9
+    # one outlier: in-sample it is partly absorbed, held out it is not
+    stats["P03"]["T1C"]["mu"] *= 1.3
+    rep, tab = calibration_report(stats, pids[:10], pids[10:])
+    loo = tab[tab.evaluation == "loo"].set_index("patient")
+    assert loo.loc["P03", "rel_error_mu"] > 0.2
+    assert rep["loo"]["rel_error_mu_max"] == pytest.approx(loo.rel_error_mu.max())
+    assert rep["loo"]["rel_error_mu_mean"] > rep["in_sample"]["rel_error_mu_mean"]
+
+
+def test_calibration_selects_lowest_loo_model():
+    from vce.prep.normalization import _fit_coef, fit_calibration
+
+    rng = np.random.default_rng(2)
+    stats = {}
+    for i in range(15):  # T1C stats independent of T1/T2 (as with an independent per-scan gain)
+        f = rng.uniform(500, 1500, 4)
+        stats[f"P{i:02d}"] = _stats(*f, 1000 * rng.uniform(0.95, 1.05), 500 * rng.uniform(0.95, 1.05))
+    pids = sorted(stats)
+    cal = fit_calibration(stats, pids)
+    assert set(cal["selection_loo_rel_error"]) == {"mean", "ratio", "linear"}
+    assert cal["kind"] == min(cal["selection_loo_rel_error"], key=cal["selection_loo_rel_error"].get) == "mean"
+    X = np.array([[1.0, *(stats[p][m][k] for m in ("T1", "T2") for k in ("mu", "sd"))] for p in pids])
+    Y = np.array([[stats[p]["T1C"]["mu"], stats[p]["T1C"]["sd"]] for p in pids])
+    np.testing.assert_allclose(np.asarray(cal["coef"])[0], Y.mean(0))
+    np.testing.assert_allclose(_fit_coef(X, Y, "linear"), np.linalg.lstsq(X, Y, rcond=None)[0])
+    assert fit_calibration(stats, pids[:1])["kind"] == "ratio"  # 1 patient: no leave-one-out possible
+
+
+def test_calibration_mae_formula():
+    from vce.prep.normalization import _calibration_mae, forward, inverse
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 3000, 5000)
+    mu, sd, mu_hat, sd_hat = float(x.mean()), float(x.std()), 1.1 * float(x.mean()), 0.9 * float(x.std())
+    for method in ("zscore", "sigmoid", "tanh"):  # a perfect normalised prediction, wrong stats
+        x_hat = inverse(forward(x, mu, sd, method), mu_hat, sd_hat, method).astype(np.float64)
+        assert _calibration_mae(x, mu, sd, mu_hat, sd_hat) == pytest.approx(np.abs(x_hat - x).mean(), rel=1e-3)
+
+
+def test_calibration_report_files(tiny_normalized, tiny_split):
+    import pandas as pd
+
+    rep = json.loads((tiny_normalized / "calibration_report.json").read_text())
+    tab = pd.read_csv(tiny_normalized / "calibration_report.csv")
+    params = json.loads((tiny_normalized / "params.json").read_text())
+    train = sorted(p for p, s in params["split"].items() if s == "train")
+    test = sorted(p for p, s in params["split"].items() if s == "test")
+    assert sorted(tab.loc[tab.evaluation == "loo", "patient"]) == train
+    assert sorted(tab.loc[tab.evaluation == "test", "patient"]) == test
+    for part in ("loo", "test"):
+        for k in ("rel_error_mu_mean", "rel_error_mu_max", "rel_error_sd_mean", "rel_error_sd_max",
+                  "mae_calibration_mean", "mae_calibration_max"):
+            assert np.isfinite(rep[part][k]) and rep[part][k] >= 0, (part, k)
+    assert rep["loo"]["n_patients"] == len(train)
+    assert params["calibration"]["loo_rel_error_mu_mean"] == pytest.approx(rep["loo"]["rel_error_mu_mean"])
+
+    # independent recomputation of one held-out patient: the row's model fitted on the OTHER
+    # training patients only
+    pid = train[0]
+    st = params["patients"]
+    others = [p for p in train if p != pid]
+    feats = lambda p: [1.0, st[p]["T1"]["mu"], st[p]["T1"]["sd"], st[p]["T2"]["mu"], st[p]["T2"]["sd"]]  # noqa: E731
+    X = np.array([feats(p) for p in others])
+    Y = np.array([[st[p]["T1C"]["mu"], st[p]["T1C"]["sd"]] for p in others])
+    row = tab[(tab.patient == pid) & (tab.evaluation == "loo")].iloc[0]
+    assert row.fit_on == len(others)
+    if row.model == "linear":
+        mu_hat, sd_hat = np.array(feats(pid)) @ np.linalg.lstsq(X, Y, rcond=None)[0]
+    elif row.model == "mean":
+        mu_hat, sd_hat = Y.mean(axis=0)
+    else:
+        mu_hat, sd_hat = (Y / X[:, [1, 2]]).mean(axis=0) * np.array(feats(pid))[[1, 2]]
+    assert row.mu_pred == pytest.approx(mu_hat, rel=1e-5) and row.sd_pred == pytest.approx(sd_hat, rel=1e-5)
+    mu, sd = st[pid]["T1C"]["mu"], st[pid]["T1C"]["sd"]
+    assert row.rel_error_mu == pytest.approx(abs(mu_hat - mu) / mu, rel=1e-4)
+    # held out means held out: the fit on all training patients predicts this patient differently
+    in_mu, _ = apply_calibration(params["calibration"], st[pid])
+    assert abs(in_mu - row.mu_pred) > 1e-6 * mu
+    assert set(rep["loo_fixed_models"]) >= {"mean", "ratio"}
+    # calibration-only MAE from the slice store's T1C body voxels
+    idx = pd.read_csv(tiny_split / "train" / "index.csv")
+    r = np.flatnonzero(idx.patient.to_numpy() == pid)
+    x = np.load(tiny_split / "train" / "T1C.npy")[r][np.load(tiny_split / "train" / "body.npy")[r].astype(bool)]
+    want = np.abs((x - mu) * (sd_hat / sd - 1) + (mu_hat - mu)).mean()
+    assert row.mae_calibration == pytest.approx(want, rel=1e-4)

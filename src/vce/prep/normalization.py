@@ -10,10 +10,14 @@ otherwise dominate the statistics and squeeze all tissue into a narrow band of t
 
 The paper inverts predictions with the ground-truth T1C's own mu and sd (used by ``evaluate``,
 as in the paper). A new patient has no T1C, so :func:`fit_calibration` learns T1C's mu and sd
-from the T1 and T2 statistics on the training patients (least squares), used by ``predict``.
+from the T1 and T2 statistics on the training patients, used by ``predict``; the model (training
+mean, T1 ratio or least squares on all statistics) is chosen by leave-one-patient-out error.
 
 Outputs of :func:`normalize_split` (``<out>/<method>/{train,test}/{T1,T2,T1C}.npy`` float32 and
-``<out>/params.json``) for every method, so each training variant picks its own.
+``<out>/params.json``) for every method, so each training variant picks its own, plus
+``<out>/calibration_report.{json,csv}``: the calibration's out-of-sample error
+(leave-one-patient-out over the training patients, and on the test patients). See
+docs/normalization.md.
 """
 
 from __future__ import annotations
@@ -85,28 +89,67 @@ def _features(stats: dict[str, dict[str, float]]) -> np.ndarray:
     return np.array([1.0, stats["T1"]["mu"], stats["T1"]["sd"], stats["T2"]["mu"], stats["T2"]["sd"]])
 
 
-def fit_calibration(stats: dict[str, dict[str, dict[str, float]]], pids: list[str]) -> dict[str, Any]:
-    """Least-squares map from (1, mu_T1, sd_T1, mu_T2, sd_T2) to (mu_T1C, sd_T1C) on ``pids``.
+CALIBRATION_MODELS = ("mean", "ratio", "linear")
 
-    Falls back to the training mean of the T1C/T1 ratios when there are too few patients.
-    Reports the in-sample relative error of mu and sd.
+
+def _fit_coef(X: np.ndarray, Y: np.ndarray, kind: str) -> np.ndarray:
+    """Coefficients (5, 2) mapping features X (n, 5) to targets Y (n, 2) for one model kind.
+
+    ``mean``: the training mean (intercept only); ``ratio``: T1C mean/sd proportional to T1's
+    (mean of the ratios); ``linear``: least squares on all 5 features.
+    """
+    coef = np.zeros((X.shape[1], 2))
+    if kind == "mean":
+        coef[0] = Y.mean(axis=0)
+    elif kind == "ratio":
+        coef[1, 0], coef[2, 1] = (Y / X[:, [1, 2]]).mean(axis=0)
+    elif kind == "linear":
+        coef = np.linalg.lstsq(X, Y, rcond=None)[0]
+    else:
+        raise ValueError(f"unknown calibration model {kind!r}; expected one of {CALIBRATION_MODELS}")
+    return coef
+
+
+def _loo_error(X: np.ndarray, Y: np.ndarray, kind: str) -> float:
+    """Mean over patients and over (mu, sd) of the leave-one-out relative error of ``kind``."""
+    errs = []
+    for i in range(len(X)):
+        keep = np.arange(len(X)) != i
+        pred = X[i] @ _fit_coef(X[keep], Y[keep], kind)
+        errs.append(np.abs(pred - Y[i]) / Y[i])
+    return float(np.mean(errs))
+
+
+def fit_calibration(stats: dict[str, dict[str, dict[str, float]]], pids: list[str], kind: str = "auto") -> dict[str, Any]:
+    """Map (1, mu_T1, sd_T1, mu_T2, sd_T2) -> (mu_T1C, sd_T1C), fitted on the patients ``pids``.
+
+    ``kind="auto"`` picks, among the models of :data:`CALIBRATION_MODELS` that the number of
+    patients allows (``linear`` needs >= 7, ``ratio``/``mean`` >= 2 so that a leave-one-out
+    exists; with 1 patient: ``ratio``), the one with the lowest leave-one-patient-out error
+    *within* ``pids`` -- only ``pids`` are used, so an outer leave-one-out around this function
+    (:func:`calibration_report`) stays out of sample. Reports the in-sample relative errors.
     """
     X = np.stack([_features(stats[p]) for p in pids])
     Y = np.array([[stats[p]["T1C"]["mu"], stats[p]["T1C"]["sd"]] for p in pids])
-    if len(pids) > X.shape[1]:
-        coef, *_ = np.linalg.lstsq(X, Y, rcond=None)
-        kind = "linear"
-    else:  # ratio model: T1C stats proportional to T1 stats
-        r = (Y / X[:, [1, 2]]).mean(axis=0)
-        coef = np.zeros((X.shape[1], 2))
-        coef[1, 0], coef[2, 1] = r
-        kind = "ratio"
+    n = len(pids)
+    selection: dict[str, float] = {}
+    if kind == "auto":
+        cands = [k for k in CALIBRATION_MODELS if n >= (X.shape[1] + 2 if k == "linear" else 2)]
+        if cands:
+            selection = {k: _loo_error(X, Y, k) for k in cands}
+            kind = min(cands, key=lambda k: selection[k])
+        else:
+            kind = "ratio"
+    if kind == "linear" and n <= X.shape[1]:
+        raise ValueError(f"the linear calibration needs more than {X.shape[1]} patients, got {n}")
+    coef = _fit_coef(X, Y, kind)
     pred = X @ coef
     rel = np.abs(pred - Y) / Y
     return {
         "kind": kind,
         "features": ["1", "T1.mu", "T1.sd", "T2.mu", "T2.sd"],
         "coef": coef.tolist(),
+        "selection_loo_rel_error": selection,
         "train_rel_error_mu": float(rel[:, 0].mean()),
         "train_rel_error_sd": float(rel[:, 1].mean()),
     }
@@ -116,6 +159,113 @@ def apply_calibration(calibration: dict[str, Any], stats: dict[str, dict[str, fl
     """Predicted (mu, sd) of the T1C of a patient with T1/T2 ``stats``."""
     mu, sd = _features(stats) @ np.asarray(calibration["coef"])
     return float(mu), float(max(sd, 1e-6))
+
+
+def _calibration_mae(x: np.ndarray, mu: float, sd: float, mu_hat: float, sd_hat: float) -> float:
+    """Mean |error| (scanner units) that the calibration alone adds to a perfect prediction.
+
+    A prediction equal to the true normalised T1C, ``y = f((x - mu) / sd)``, inverted with the
+    calibrated ``(mu_hat, sd_hat)`` instead of the true ``(mu, sd)`` gives
+    ``x_hat = (x - mu) sd_hat / sd + mu_hat`` (for every method: the inverse undoes ``f``
+    exactly), so the error is ``|(x - mu)(sd_hat / sd - 1) + (mu_hat - mu)|``, averaged here over
+    the body voxels ``x``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.abs((x - mu) * (sd_hat / sd - 1.0) + (mu_hat - mu)).mean())
+
+
+def calibration_report(
+    stats: dict[str, dict[str, dict[str, float]]],
+    train_pids: list[str],
+    test_pids: list[str],
+    t1c_body: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Out-of-sample error of the T1C calibration.
+
+    * ``loo``: leave-one-patient-out over the training patients -- for each training patient the
+      calibration is refitted on the *other* training patients (:func:`fit_calibration`) and
+      applied to the held-out one;
+    * ``test``: the calibration fitted on all training patients, applied to the test patients.
+
+    Per patient: relative error ``|pred - true| / true`` of the T1C mean and sd and, when the
+    patient's T1C body voxels ``t1c_body[pid]`` (scanner units) are given, the MAE in scanner
+    units that the calibration alone adds to a perfect prediction (:func:`_calibration_mae`).
+    Returns ``(summary, per-patient table)``.
+    """
+    rows = []
+
+    def row(pid: str, role: str, cal: dict[str, Any]) -> None:
+        mu, sd = stats[pid]["T1C"]["mu"], stats[pid]["T1C"]["sd"]
+        mu_hat, sd_hat = apply_calibration(cal, stats[pid])
+        r = {
+            "patient": pid,
+            "evaluation": role,
+            "fit_on": len(train_pids) - (1 if role == "loo" else 0),
+            "model": cal["kind"],
+            "mu_true": mu,
+            "mu_pred": mu_hat,
+            "rel_error_mu": abs(mu_hat - mu) / mu,
+            "sd_true": sd,
+            "sd_pred": sd_hat,
+            "rel_error_sd": abs(sd_hat - sd) / sd,
+            "mae_calibration": np.nan,
+        }
+        if t1c_body is not None and pid in t1c_body:
+            r["mae_calibration"] = _calibration_mae(t1c_body[pid], mu, sd, mu_hat, sd_hat)
+        rows.append(r)
+
+    if len(train_pids) >= 2:
+        for pid in train_pids:
+            row(pid, "loo", fit_calibration(stats, [p for p in train_pids if p != pid]))
+    full = fit_calibration(stats, train_pids)
+    for pid in test_pids:
+        row(pid, "test", full)
+    table = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["patient", "evaluation"])
+
+    def agg(role: str) -> dict[str, Any]:
+        t = table[table.evaluation == role] if len(table) else table
+        if len(t) == 0:
+            return {"n_patients": 0}
+        out: dict[str, Any] = {"n_patients": int(len(t))}
+        for k in ("rel_error_mu", "rel_error_sd", "mae_calibration"):
+            v = t[k].to_numpy(dtype=np.float64)
+            if np.all(np.isnan(v)):
+                continue
+            out[f"{k}_mean"] = float(np.nanmean(v))
+            out[f"{k}_max"] = float(np.nanmax(v))
+        return out
+
+    # for comparison: each model with its kind fixed (no selection), leave-one-patient-out
+    fixed: dict[str, dict[str, float]] = {}
+    n = len(train_pids)
+    for kind in CALIBRATION_MODELS:
+        if n < (7 if kind == "linear" else 2):
+            continue
+        errs = []
+        for pid in train_pids:
+            cal = fit_calibration(stats, [p for p in train_pids if p != pid], kind=kind)
+            mu_hat, sd_hat = apply_calibration(cal, stats[pid])
+            t = stats[pid]["T1C"]
+            errs.append((abs(mu_hat - t["mu"]) / t["mu"], abs(sd_hat - t["sd"]) / t["sd"]))
+        e = np.asarray(errs)
+        fixed[kind] = {"rel_error_mu_mean": float(e[:, 0].mean()), "rel_error_sd_mean": float(e[:, 1].mean())}
+    summary = {
+        "what": "error of the T1C calibration (T1C mean/sd predicted from T1/T2 statistics, used by predict)",
+        "model": full["kind"],
+        "model_selection": "lowest leave-one-patient-out error among mean | ratio | linear, chosen inside each fit "
+        "(nested: the 'loo' numbers include the selection)",
+        "loo_fixed_models": fixed,
+        "features": full["features"],
+        "train_patients": len(train_pids),
+        "loo": {"method": "leave-one-patient-out over the training patients", **agg("loo")},
+        "test": {"method": "fit on all training patients, applied to the test patients", **agg("test")},
+        "in_sample": {"rel_error_mu_mean": full["train_rel_error_mu"], "rel_error_sd_mean": full["train_rel_error_sd"]},
+        "mae_calibration_definition": (
+            "mean over body voxels of |(x - mu)(sd_hat/sd - 1) + (mu_hat - mu)|: scanner-unit MAE that the "
+            "calibration alone adds to a perfect normalised prediction"
+        ),
+    }
+    return summary, table
 
 
 def normalize_split(split_dir: str | Path, out_dir: str | Path, methods: tuple[str, ...] = NORMALIZATIONS) -> dict[str, Any]:
@@ -140,6 +290,13 @@ def normalize_split(split_dir: str | Path, out_dir: str | Path, methods: tuple[s
                 mu, sd = patient_stats(arrays[s][m][r], body)
                 stats[pid][m] = {"mu": mu, "sd": sd}
     train_pids = sorted(rows["train"])
+    t1c_body = {
+        pid: np.asarray(arrays[s]["T1C"][r], dtype=np.float64)[np.asarray(arrays[s]["body"][r], dtype=bool)]
+        for s in SPLITS
+        for pid, r in rows[s].items()
+    }
+    report, report_table = calibration_report(stats, train_pids, sorted(rows["test"]), t1c_body)
+    del t1c_body
     params = {
         "methods": list(methods),
         "tanh_scale": TANH_SCALE,
@@ -148,6 +305,8 @@ def normalize_split(split_dir: str | Path, out_dir: str | Path, methods: tuple[s
         "split": {p: s for s in SPLITS for p in rows[s]},
         "calibration": fit_calibration(stats, train_pids),
     }
+    params["calibration"]["loo_rel_error_mu_mean"] = report["loo"].get("rel_error_mu_mean")
+    params["calibration"]["loo_rel_error_sd_mean"] = report["loo"].get("rel_error_sd_mean")
     with atomic_dir(out_dir) as tmp:
         for method in methods:
             for s in SPLITS:
@@ -162,6 +321,16 @@ def normalize_split(split_dir: str | Path, out_dir: str | Path, methods: tuple[s
                     del out
                 shutil.copy2(split_dir / s / "index.csv", d / "index.csv")
         write_json(tmp / "params.json", params)
-    logger.info("normalised %s with %s; T1C calibration error mu %.1f%% sd %.1f%%", split_dir, methods,
-                100 * params["calibration"]["train_rel_error_mu"], 100 * params["calibration"]["train_rel_error_sd"])
+        write_json(tmp / "calibration_report.json", report)
+        report_table.to_csv(tmp / "calibration_report.csv", index=False, float_format="%.6g")
+    loo = report["loo"]
+    if loo.get("n_patients"):
+        logger.info(
+            "T1C calibration, leave-one-patient-out over %d training patients: relative error of the mean "
+            "%.1f%% (max %.1f%%), of the sd %.1f%% (max %.1f%%); calibration-only MAE %.1f (max %.1f) scanner units",
+            loo["n_patients"], 100 * loo["rel_error_mu_mean"], 100 * loo["rel_error_mu_max"],
+            100 * loo["rel_error_sd_mean"], 100 * loo["rel_error_sd_max"],
+            loo.get("mae_calibration_mean", float("nan")), loo.get("mae_calibration_max", float("nan")),
+        )
+    logger.info("normalised %s with %s -> %s", split_dir, methods, out_dir)
     return params
