@@ -206,3 +206,243 @@ def test_invalid_settings(tmp_path: Path) -> None:
         train_variant(norm, tmp_path / "run", MAIN, TrainConfig(iterations=0), seed=1)
     with pytest.raises(ValueError, match="nothing to train"):
         train_variant(norm, tmp_path / "run", Variant("z", lambda_pg=0, lambda_gan=0, lambda_l1=0), TINY, seed=1)
+
+
+# --------------------------------------------------------------------------- resume, validation, options
+
+
+def _write_store(root: Path, n_train: int = 5, n_test: int = 1, per: int = 4, s: int = 32) -> Path:
+    """A normalised store like the normalize step's: ``root/sigmoid/{train,test}`` with index.csv
+    (``per`` slices per patient; patient ids P00.. train, then test)."""
+    import pandas as pd
+
+    for split, pids in (("train", range(n_train)), ("test", range(n_train, n_train + n_test))):
+        pids = list(pids)
+        d = _write_split(root / "sigmoid" / "_tmp", n=per * len(pids), s=s, seed=len(split)) / "train"
+        dst = root / "sigmoid" / split
+        d.rename(dst)
+        (root / "sigmoid" / "_tmp").rmdir()
+        pd.DataFrame({"patient": [f"P{p:02d}" for p in pids for _ in range(per)],
+                      "z": [z for _ in pids for z in range(per)]}).to_csv(dst / "index.csv", index=False)
+    return root
+
+
+def _params_file(tmp: Path, **train: object) -> Path:
+    """A copy of params.yaml whose tiny profile has ``train`` overrides."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["profiles"]["tiny"]["train"].update(train)
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+RESUME_TRAIN = dict(iterations=40, checkpoint_every=8, log_every=5, val_patients=1, val_every=10, ema_decay=0.9,
+                    gp_type="wgan_gp", gp_weight=0.1)
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, tiny_cfg) -> None:
+    """Real kill: SIGKILL `vce train` after its first resumable state, rerun with --resume, and
+    compare with an uninterrupted run (generator/discriminator tensors, loss and validation rows)."""
+    import dataclasses
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tiny_normalized = _write_store(tmp_path / "normalized")
+    params = _params_file(tmp_path, **RESUME_TRAIN)
+    cfg = dataclasses.replace(tiny_cfg.train, **RESUME_TRAIN)
+    variant = tiny_cfg.variant("pgmgvce_main")
+    ref = train_variant(tiny_normalized / "sigmoid", tmp_path / "ref", variant, cfg, tiny_cfg.seed)
+
+    out = tmp_path / "run"
+    state = tmp_path / "run.partial" / "last.pt"
+    vce = Path(sys.executable).parent / "vce"
+    cmd = [str(vce), "train", "--variant", "pgmgvce_main", "--normalized", str(tiny_normalized), "--out", str(out),
+           "--no-tracking", "--params", str(params), "--profile", "tiny", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    still_running = proc.poll() is None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert still_running, "training finished before it could be killed"
+    assert not out.exists()
+    st = torch.load(state, weights_only=True)
+    assert 8 <= st["iteration"] < 40 and st["iteration"] % 8 == 0
+
+    subprocess.run([*cmd, "--resume"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert not state.parent.exists()  # state removed after success
+    a = torch.load(ref / "checkpoint.pt", weights_only=True)
+    b = torch.load(out / "checkpoint.pt", weights_only=True)
+    for part in ("generator", "discriminator"):
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert (ref / "losses.csv").read_text() == (out / "losses.csv").read_text()
+    assert (ref / "validation.csv").read_text() == (out / "validation.csv").read_text()
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed_from"] == st["iteration"]
+    assert sorted(p.name for p in (out / "validation").iterdir()) == [f"it_{i:06d}.png" for i in (10, 20, 30, 40)]
+
+
+def test_stale_state_without_resume_is_deleted(tmp_path: Path) -> None:
+    norm = _write_split(tmp_path / "norm")
+    cfg = TrainConfig(iterations=6, batch_size=2, base_channels=4, log_every=2, threads=1, checkpoint_every=2)
+    ref = train_variant(norm, tmp_path / "ref", MAIN, cfg, seed=4)
+    stale = tmp_path / "run.partial"
+    stale.mkdir()
+    (stale / "last.pt").write_bytes(b"not a checkpoint")
+    out = train_variant(norm, tmp_path / "run", MAIN, cfg, seed=4)  # no resume: ignored and deleted
+    assert not stale.exists()
+    ga = torch.load(ref / "checkpoint.pt", weights_only=True)["generator"]
+    gb = torch.load(out / "checkpoint.pt", weights_only=True)["generator"]
+    assert all(torch.equal(ga[k], gb[k]) for k in ga)
+    # resuming from a state of a different configuration is refused
+    killed = TrainConfig(iterations=6, batch_size=2, base_channels=4, log_every=2, threads=1, checkpoint_every=2)
+    with pytest.raises(FloatingPointError):  # a stop hook: abort after the first state is written
+        _train_and_abort(norm, tmp_path / "x", killed, seed=4, after=3)
+    assert (tmp_path / "x.partial" / "last.pt").is_file()
+    with pytest.raises(VCEInputError, match="seed"):
+        train_variant(norm, tmp_path / "x", MAIN, killed, seed=5, resume=True)
+
+
+def _train_and_abort(norm: Path, out: Path, cfg: TrainConfig, seed: int, after: int) -> None:
+    """Run train_variant but raise inside the loop at iteration ``after`` (via a NaN input slice)."""
+    import vce.training.trainer as tr
+
+    orig = tr.lsgan_g_loss
+    calls = {"n": 0}
+
+    def boom(d):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        v = orig(d)
+        return v * float("nan") if calls["n"] >= after else v
+
+    tr.lsgan_g_loss = boom
+    try:
+        train_variant(norm, out, MAIN, cfg, seed=seed)
+    finally:
+        tr.lsgan_g_loss = orig
+
+
+def test_validation_holdout_best_checkpoint_and_ema(tmp_path: Path, tiny_cfg) -> None:
+    import dataclasses
+
+    import pandas as pd
+
+    cfg = dataclasses.replace(tiny_cfg.train, iterations=6, val_patients=1, val_every=3, keep="best", ema_decay=0.5)
+    tracker = RecordingTracker()
+    norm = _write_store(tmp_path / "normalized") / "sigmoid"
+    out = train_variant(norm, tmp_path / "run", tiny_cfg.variant("pgmgvce_main"), cfg, tiny_cfg.seed, tracker=tracker)
+    summary = json.loads((out / "train_summary.json").read_text())
+    train_idx = pd.read_csv(norm / "train" / "index.csv")
+    test_pids = set(pd.read_csv(norm / "test" / "index.csv").patient.astype(str))
+    (val_pid,) = summary["val_patients"]
+    assert val_pid in set(train_idx.patient.astype(str)) and val_pid not in test_pids
+    n_val = int((train_idx.patient.astype(str) == val_pid).sum())
+    assert summary["n_val_slices"] == n_val and summary["n_train_slices"] == len(train_idx) - n_val
+
+    with open(out / "validation.csv") as fh:
+        vrows = list(csv.DictReader(fh))
+    assert [int(r["iteration"]) for r in vrows] == [3, 6]
+    assert all(0 < float(r["val_mae"]) < 1 and -1 <= float(r["val_ssim"]) <= 1 for r in vrows)
+    best_it = int(min(vrows, key=lambda r: float(r["val_mae"]))["iteration"])
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert ck["selected"] == "best" and ck["selected_iteration"] == best_it and ck["generator_is_ema"]
+    assert last["selected"] == "last" and last["selected_iteration"] == 6
+    assert summary["best"]["iteration"] == best_it
+    load_generator(out / "checkpoint.pt")
+    assert ("it_000003.png", "validation") in tracker.artifacts and ("it_000006.png", "validation") in tracker.artifacts
+    assert [s for m, s in tracker.metrics if "val_mae" in m] == [3, 6]
+    # the saved generator is the EMA: recomputing the validation MAE with it reproduces the logged value
+    g, _ = load_generator(out / "last.pt")
+    from vce.training.data import holdout_patients
+
+    _, val_rows, _ = holdout_patients(norm, "train", 1, tiny_cfg.seed)
+    vx, vy = SliceDataset(norm, "train", ("T1", "T2"), rows=val_rows).batch(np.arange(len(val_rows)))
+    with torch.no_grad():
+        mae = (g(vx) - vy).abs().mean(dim=(1, 2, 3)).mean().item()
+    assert mae == pytest.approx(float(vrows[-1]["val_mae"]), rel=1e-4)
+
+
+def test_holdout_needs_index_and_keep_best_needs_validation(tmp_path: Path) -> None:
+    norm = _write_split(tmp_path / "norm")  # no index.csv
+    with pytest.raises(VCEInputError, match=r"index\.csv"):
+        train_variant(norm, tmp_path / "run", MAIN, TrainConfig(iterations=2, batch_size=2, base_channels=4,
+                                                                val_patients=1), seed=1)
+    with pytest.raises(ValueError, match="keep: best"):
+        train_variant(norm, tmp_path / "run", MAIN, TrainConfig(keep="best"), seed=1)
+    with pytest.raises(ValueError, match="gp_type"):
+        train_variant(norm, tmp_path / "run", MAIN, TrainConfig(gp_type="wgan"), seed=1)
+
+
+@pytest.mark.parametrize("opts", [{"gp_type": "wgan_gp", "gp_weight": 10.0}, {"amp": "bf16"}, {"amp": "fp16"}])
+def test_options_train(tmp_path: Path, opts: dict, caplog) -> None:
+    norm = _write_split(tmp_path / "norm")
+    cfg = TrainConfig(iterations=2, batch_size=2, base_channels=4, log_every=1, threads=1, **opts)
+    out = train_variant(norm, tmp_path / "run", MAIN, cfg, seed=1, device="cpu")
+    rows = _losses(out)
+    assert all(np.isfinite(float(r[k])) for r in rows for k in LOSS_COLUMNS)
+    summary = json.loads((out / "train_summary.json").read_text())
+    if opts.get("amp") == "fp16":  # fp16 needs CUDA: falls back to fp32 with a warning
+        assert summary["amp"] == "off" and "fp16 needs CUDA" in caplog.text
+    else:
+        assert summary["amp"] == opts.get("amp", "off")
+    if "gp_type" in opts:
+        assert all(float(r["gp"]) > 0 for r in rows)
+    g = torch.load(out / "checkpoint.pt", weights_only=True)["generator"]
+    assert all(v.dtype == torch.float32 for v in g.values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_compile_runs(tmp_path: Path) -> None:
+    norm = _write_split(tmp_path / "norm")
+    cfg = TrainConfig(iterations=2, batch_size=2, base_channels=4, log_every=1, threads=1, compile=True)
+    out = train_variant(norm, tmp_path / "run", MAIN, cfg, seed=1, device="cpu")
+    g, _ = load_generator(out / "checkpoint.pt")  # plain (uncompiled) state-dict keys
+    assert all(np.isfinite(float(r["loss_g"])) for r in _losses(out))
+
+
+def test_gan_health_detector() -> None:
+    from vce.training.trainer import gan_health
+
+    healthy_d = [0.25, 0.24, 0.26, 0.25] * 5
+    improving = [0.30, 0.25, 0.21, 0.18, 0.16, 0.15, 0.14]
+    assert gan_health(healthy_d, improving, window=10, d_collapse_loss=0.02, patience=3) == {}
+    collapsed = healthy_d + [0.01] * 10
+    found = gan_health(collapsed, improving, window=10, d_collapse_loss=0.02, patience=3)
+    assert set(found) == {"d_collapse"}
+    # a short collapse inside a longer window is not flagged
+    assert "d_collapse" not in gan_health(healthy_d + [0.0] * 3, improving, window=10, d_collapse_loss=0.02, patience=3)
+    # fewer rows than the window: no verdict
+    assert gan_health([0.0] * 5, [], window=10, d_collapse_loss=0.02, patience=3) == {}
+    stalled = [0.30, 0.20, 0.15, 0.16, 0.15, 0.17]  # best 0.15 at the 3rd, never beaten in the last 3
+    found = gan_health(healthy_d, stalled, window=10, d_collapse_loss=0.02, patience=3, g_name="val_mae")
+    assert set(found) == {"g_stalled"} and "val_mae" in found["g_stalled"]
+    assert "g_stalled" not in gan_health(healthy_d, stalled + [0.149], window=10, d_collapse_loss=0.02, patience=3)
+    assert gan_health(healthy_d, stalled[:3], window=10, d_collapse_loss=0.02, patience=3) == {}  # too short
+
+
+def test_health_warning_reaches_tracker(tmp_path: Path) -> None:
+    norm = _write_split(tmp_path / "norm")
+
+    class TagTracker(RecordingTracker):
+        tags: dict = {}
+
+        def set_tags(self, tags):
+            self.tags.update(tags)
+
+    tracker = TagTracker()
+    # threshold above any LSGAN loss_d: "collapse" is flagged as soon as the window is full
+    cfg = TrainConfig(iterations=4, batch_size=2, base_channels=4, log_every=1, threads=1, health_window=2,
+                      d_collapse_loss=100.0)
+    out = train_variant(norm, tmp_path / "run", MAIN, cfg, seed=1, tracker=tracker)
+    assert ({"health_d_collapse": 1.0}, 2) in tracker.metrics
+    assert "vce.health.d_collapse" in tracker.tags
+    assert json.loads((out / "train_summary.json").read_text())["health_warnings"][0] == "d_collapse"
