@@ -224,7 +224,8 @@ def test_cbam_attention_maps_in_range_and_change_features() -> None:
     torch.manual_seed(0)
     att = AttentionModule(16)
     x = torch.randn(2, 16, 8, 8)
-    ca, sa = att.attention_maps(x)
+    with torch.no_grad():
+        ca, sa = att.attention_maps(x)
     assert ca.shape == (2, 16, 1, 1) and sa.shape == (2, 1, 8, 8)
     for m in (ca, sa):
         assert float(m.min()) > 0 and float(m.max()) < 1
