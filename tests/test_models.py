@@ -240,7 +240,7 @@ def test_self_attention_is_row_stochastic_and_learns_to_change_features() -> Non
     torch.manual_seed(0)
     att = SelfAttention(16)
     x = torch.randn(2, 16, 4, 4)
-    a = att.attention(x)
+    a = att.attention(x).detach()
     assert a.shape == (2, 16, 16)
     assert float(a.min()) >= 0 and float(a.max()) <= 1
     assert torch.allclose(a.sum(dim=-1), torch.ones(2, 16), atol=1e-6)
