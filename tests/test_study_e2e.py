@@ -82,6 +82,56 @@ def test_predict_new_patient(study, tiny_cohort, tmp_path):
     assert rc == 2 and not (tmp_path / "x.nii.gz").exists()
 
 
+def test_main_variant_registered_as_champion(study):
+    """Every variant's generator is an MLflow model; the main one is registered with @champion and
+    loads as a pyfunc (from code, weights_only checkpoint) honouring its signature."""
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(study["uri"])
+    mv = client.get_model_version_by_alias("vce-pgmgvce-tiny", "champion")
+    run = client.get_run(mv.run_id)
+    assert run.data.tags["vce.variant"] == "pgmgvce_main"
+    children = client.search_runs([run.info.experiment_id], filter_string="tags.`vce.variant` != ''")
+    assert len(children) == 8 and all("vce.model_uri" in c.data.tags for c in children)
+    import mlflow
+
+    mlflow.set_tracking_uri(study["uri"])
+    model = mlflow.pyfunc.load_model("models:/vce-pgmgvce-tiny@champion")
+    inputs = model.metadata.signature.inputs.to_dict()[0]
+    assert list(inputs["tensor-spec"]["shape"]) == [-1, 2, 32, 32]
+    x = np.random.default_rng(0).uniform(0, 1, (3, 2, 32, 32)).astype(np.float32)
+    y = model.predict(x)
+    assert y.shape == (3, 1, 32, 32) and np.isfinite(y).all()
+    with pytest.raises(Exception):
+        model.predict(x[:, :1])  # wrong number of modalities violates the signature
+
+
+def test_predict_from_registry_matches_checkpoint(study, tiny_cohort, tmp_path):
+    """`vce predict --model models:/<name>@champion` gives the same volume as the run's checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    from vce.cli import main
+
+    client = MlflowClient(study["uri"])
+    mv = client.get_model_version_by_alias("vce-pgmgvce-tiny", "champion")
+    ckpts = [p for p in (study["work"] / "out" / "kfp").rglob("model/checkpoint.pt")]
+    import torch
+
+    main_ckpt = next(p for p in ckpts
+                     if torch.load(p, weights_only=True)["metadata"]["mlflow_run_id"] == mv.run_id)
+    pid = sorted(p.name for p in tiny_cohort.iterdir() if p.is_dir())[0]
+    args = ["--t1", str(tiny_cohort / pid / "T1.nii.gz"), "--t2", str(tiny_cohort / pid / "T2.nii.gz"), "--profile", "tiny"]
+    a, b = tmp_path / "ckpt.nii.gz", tmp_path / "registry.nii.gz"
+    assert main(["predict", *args, "--model", str(main_ckpt), "--out", str(a)]) == 0
+    assert main(["predict", *args, "--model", "models:/vce-pgmgvce-tiny@champion", "--tracking-uri", study["uri"],
+                 "--out", str(b)]) == 0
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(a))), sitk.GetArrayFromImage(sitk.ReadImage(str(b))))
+    rc = main(["predict", *args, "--model", "models:/no-such-model@champion", "--tracking-uri", study["uri"],
+               "--out", str(tmp_path / "c.nii.gz")])
+    assert rc == 2 and not (tmp_path / "c.nii.gz").exists()
+
+
 def test_mlflow_ui_serves_the_study(study):
     """mlflow/ui.sh starts a real MLflow server on the study's store; its REST API lists the runs."""
     import json as _json

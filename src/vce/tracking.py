@@ -1,4 +1,5 @@
-"""Experiment tracking. The only module that imports mlflow.
+"""Experiment tracking. The only module that imports mlflow (besides ``mlflow_pyfunc.py``, the
+model code MLflow itself loads).
 
 Library code logs through the small :class:`Tracker` protocol, so steps run (and are tested)
 with or without MLflow: pass ``None`` or :class:`NullTracker` to log nothing.
@@ -72,6 +73,7 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = 8) -> Any:
 
 def _client(tracking_uri: str):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
     if tracking_uri.startswith("sqlite:///"):
@@ -152,3 +154,101 @@ def study_runs(tracking_uri: str, parent_run_id: str) -> list[Any]:
     return client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
     )
+
+
+# --------------------------------------------------------------------------- models & registry
+CHAMPION_ALIAS = "champion"
+PYFUNC_CODE = Path(__file__).with_name("mlflow_pyfunc.py")
+
+
+def registered_model_name(profile: str) -> str:
+    """Registry name of the study's main model for a profile, e.g. ``vce-pgmgvce-demo``."""
+    return f"vce-pgmgvce-{profile}"
+
+
+def log_generator_model(
+    tracker: MlflowTracker, checkpoint: str | Path, image_size: int, n_modalities: int,
+    registered_name: str | None = None, alias: str | None = CHAMPION_ALIAS,
+) -> dict[str, Any]:
+    """Log a trained generator to ``tracker``'s run as an MLflow pyfunc model (from code).
+
+    The model is ``mlflow_pyfunc.py`` + the checkpoint (plain tensors, loaded with
+    ``weights_only=True``) with signature ``float32 (-1, n_modalities, S, S) -> (-1, 1, S, S)``.
+    With ``registered_name`` it also becomes a new version of that registered model and gets
+    ``alias`` (default ``champion``), so ``models:/<name>@champion`` resolves to it.
+    Returns ``{"model_uri", "registered_name", "version"}``.
+    """
+    import mlflow
+    import mlflow.pyfunc
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    x = np.zeros((1, n_modalities, image_size, image_size), np.float32)
+    signature = infer_signature(x, np.zeros((1, 1, image_size, image_size), np.float32))
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+
+    def go() -> Any:
+        import warnings
+
+        with mlflow.start_run(run_id=tracker.run_id), warnings.catch_warnings():
+            # the signature is given; an input example would only duplicate it (and weigh MBs at 192^2)
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+            return mlflow.pyfunc.log_model(
+                name="generator", python_model=str(PYFUNC_CODE), artifacts={"checkpoint": str(checkpoint)},
+                signature=signature, pip_requirements=reqs,
+            )
+
+    info = _retry(go, "log model")
+    out: dict[str, Any] = {"model_uri": info.model_uri, "registered_name": None, "version": None}
+    if registered_name:
+        client = tracker.client
+
+        def reg() -> Any:
+            try:
+                client.create_registered_model(registered_name)
+            except Exception as exc:  # already exists
+                if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                    raise
+            return client.create_model_version(registered_name, info.model_uri, run_id=tracker.run_id)
+
+        mv = _retry(reg, "register model")
+        if alias:
+            _retry(lambda: client.set_registered_model_alias(registered_name, alias, mv.version), "set alias")
+        out.update(registered_name=registered_name, version=int(mv.version))
+        logger.info("registered %s version %s%s", registered_name, mv.version, f" as @{alias}" if alias else "")
+    return out
+
+
+def resolve_checkpoint(model: str | Path, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
+    """A local ``checkpoint.pt`` for ``model``: a checkpoint file, a run directory holding one,
+    or an MLflow model URI (``models:/<name>@<alias>``, ``models:/<name>/<version>``,
+    ``runs:/<run_id>/generator``) whose artifacts are downloaded to ``dst`` (default: a temp dir).
+
+    Raises :class:`~vce.io.errors.VCEInputError` when nothing loadable is found.
+    """
+    from .io.errors import VCEInputError
+
+    s = str(model)
+    if not s.startswith(("models:/", "runs:/")):
+        p = Path(s)
+        p = p / "checkpoint.pt" if p.is_dir() else p
+        if not p.is_file():
+            raise VCEInputError(f"{model}: no model checkpoint here (expected a checkpoint.pt or a run directory)")
+        return p
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    uri = tracking_uri or default_tracking_uri()
+    _client(uri)
+    dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="vce-model-"))
+    try:
+        local = Path(download_artifacts(artifact_uri=s, dst_path=str(dst), tracking_uri=uri))
+    except Exception as exc:  # noqa: BLE001 - unknown name/alias/run is a bad input
+        raise VCEInputError(f"{s}: cannot resolve this MLflow model at {uri}: {exc}") from exc
+    found = sorted(local.rglob("checkpoint.pt"))
+    if not found:
+        raise VCEInputError(f"{s}: the MLflow model has no checkpoint.pt artifact (not a VCE generator)")
+    return found[0]
