@@ -239,7 +239,7 @@ def _params_file(tmp: Path, **train: object) -> Path:
     return path
 
 
-RESUME_TRAIN = dict(iterations=40, checkpoint_every=8, log_every=5, val_patients=1, val_every=10, ema_decay=0.9,
+RESUME_TRAIN = dict(iterations=32, checkpoint_every=8, log_every=5, val_patients=1, val_every=8, ema_decay=0.9,
                     gp_type="wgan_gp", gp_weight=0.1)
 
 
@@ -274,7 +274,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, tiny_cfg) -> None
     assert still_running, "training finished before it could be killed"
     assert not out.exists()
     st = torch.load(state, weights_only=True)
-    assert 8 <= st["iteration"] < 40 and st["iteration"] % 8 == 0
+    assert 8 <= st["iteration"] < 32 and st["iteration"] % 8 == 0
 
     subprocess.run([*cmd, "--resume"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert not state.parent.exists()  # state removed after success
@@ -287,7 +287,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, tiny_cfg) -> None
     assert (ref / "validation.csv").read_text() == (out / "validation.csv").read_text()
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["resumed_from"] == st["iteration"]
-    assert sorted(p.name for p in (out / "validation").iterdir()) == [f"it_{i:06d}.png" for i in (10, 20, 30, 40)]
+    assert sorted(p.name for p in (out / "validation").iterdir()) == [f"it_{i:06d}.png" for i in (8, 16, 24, 32)]
 
 
 def test_stale_state_without_resume_is_deleted(tmp_path: Path) -> None:
