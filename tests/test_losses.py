@@ -1,4 +1,4 @@
-"""Pixelwise gradient loss (paper eq. 1-2), LSGAN losses and the R1 penalty."""
+"""Pixelwise gradient loss (paper eq. 1-2), LSGAN losses, the R1 and the WGAN-GP penalties."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from vce.losses import (
     l1_loss,
     lsgan_d_loss,
     lsgan_g_loss,
+    normalized_gradients,
     pixelwise_gradient_loss,
     r1_penalty,
+    wgan_gp_penalty,
 )
 
 EPS = 1e-3
@@ -150,3 +152,78 @@ def test_r1_matches_analytic_linear_discriminator() -> None:
 def test_r1_requires_grad_on_inputs() -> None:
     with pytest.raises(ValueError):
         r1_penalty(torch.zeros(2), torch.zeros(2, 1, 4, 4))
+
+
+def test_sign_flip_flips_normalized_gradients_exactly() -> None:
+    z = _textured(4)
+    nx, ny = normalized_gradients(z, EPS)
+    mx, my = normalized_gradients(-z, EPS)
+    assert torch.equal(mx, -nx) and torch.equal(my, -ny)  # n -> -n, so (n_o . n_t)^2 is unchanged
+    ref = pixelwise_gradient_loss(z, _textured(9), EPS)
+    assert pixelwise_gradient_loss(-z, -_textured(9), EPS).item() == pytest.approx(ref.item(), abs=1e-7)
+
+
+def test_identical_images_reach_the_bound_when_gradients_dominate_eps() -> None:
+    # |n|^2 = g^2 / (g^2 + eps^2) -> 1, so the loss tends to its lower bound -1 for identical images;
+    # a positive rescaling of one copy keeps it there (eps small against every gradient)
+    z = _textured(5)
+    for c in (0.5, 2.0, 10.0):
+        assert pixelwise_gradient_loss(c * z, z, EPS).item() == pytest.approx(-1.0, abs=5e-3)
+    # and no image pair goes below -1
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        a, b = torch.rand(2, 1, 12, 12, generator=g), torch.rand(2, 1, 12, 12, generator=g)
+        assert pixelwise_gradient_loss(a, b, EPS).item() >= -1.0
+
+
+def _linear_d(w: torch.Tensor):
+    return lambda img: (w * img).sum(dim=(1, 2, 3))
+
+
+def test_wgan_gp_matches_independent_computation() -> None:
+    g = torch.Generator().manual_seed(2)
+    real = torch.rand(4, 1, 6, 6, generator=g)
+    fake = torch.rand(4, 1, 6, 6, generator=g)
+    alpha = torch.rand(4, 1, 1, 1, generator=g)
+    # linear D: the input gradient is w everywhere -> (||w|| - 1)^2 whatever the interpolate
+    w = torch.rand(1, 1, 6, 6, generator=g)
+    expected = (float(np.linalg.norm(w.numpy().ravel())) - 1.0) ** 2
+    assert wgan_gp_penalty(_linear_d(w), real, fake, alpha).item() == pytest.approx(expected, rel=1e-5)
+    # quadratic D(x) = sum x^2: gradient 2 x_hat with x_hat = alpha real + (1 - alpha) fake (numpy, float64)
+    r, f, a = real.double().numpy(), fake.double().numpy(), alpha.double().numpy()
+    x_hat = a * r + (1 - a) * f
+    norms = np.sqrt(((2 * x_hat) ** 2).reshape(4, -1).sum(axis=1))
+    want = float(np.mean((norms - 1.0) ** 2))
+    got = wgan_gp_penalty(lambda img: (img**2).sum(dim=(1, 2, 3)), real, fake, alpha)
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    # differentiable w.r.t. D's parameters: d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w||
+    wp = torch.nn.Parameter(w.clone())
+    wgan_gp_penalty(_linear_d(wp), real, fake, alpha).backward()
+    nw = w.norm()
+    assert torch.allclose(wp.grad, 2 * (nw - 1) * w / nw, atol=1e-5)
+
+
+def test_wgan_gp_draws_alpha_and_checks_shapes() -> None:
+    real, fake = torch.rand(3, 1, 5, 5), torch.rand(3, 1, 5, 5)
+    torch.manual_seed(0)
+    v = wgan_gp_penalty(lambda img: (img**2).sum(dim=(1, 2, 3)), real, fake)
+    assert torch.isfinite(v) and v.item() > 0
+    with pytest.raises(ValueError):
+        wgan_gp_penalty(lambda img: img.sum(), real, torch.rand(3, 1, 5, 4))
+    # a D that ignores its input has zero gradient: penalty (0 - 1)^2 = 1
+    const = torch.nn.Parameter(torch.tensor(1.0))
+    assert wgan_gp_penalty(lambda img: const.expand(img.shape[0]), real, fake).item() == 1.0
+
+
+def test_penalties_are_unchanged_by_grad_scale() -> None:
+    # the fp16 recipe: gradient of (scale * D), divided by scale -> same penalty (exact for powers of 2)
+    w = torch.randn(1, 1, 4, 4)
+    x = torch.randn(5, 1, 4, 4, requires_grad=True)
+    base = r1_penalty((w * x).sum(dim=(1, 2, 3)), x)
+    scaled = r1_penalty((w * x).sum(dim=(1, 2, 3)), x, grad_scale=65536.0)
+    assert scaled.item() == pytest.approx(base.item(), rel=1e-6)
+    real, fake, alpha = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), torch.rand(2, 1, 1, 1)
+    d = lambda img: (img**3).sum(dim=(1, 2, 3))  # noqa: E731
+    assert wgan_gp_penalty(d, real, fake, alpha, grad_scale=1024.0).item() == pytest.approx(
+        wgan_gp_penalty(d, real, fake, alpha).item(), rel=1e-6
+    )
