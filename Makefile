@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test test-slow paper venv mlflow-ui compile dvc-repro clean
+.PHONY: demo test test-slow bench bench-short paper venv mlflow-ui compile dvc-repro clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 required (set PY=python3.11)"'
@@ -33,6 +33,13 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# Speed/memory benchmarks (ratios vs a reference / the measured peak): benchmarks/README.md.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+bench-short: $(STAMP)
+	$(BIN)/python benchmarks/run.py --short
 
 compile: $(STAMP)
 	$(BIN)/python -m pipelines.vce_study

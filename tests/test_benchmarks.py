@@ -104,6 +104,7 @@ def test_pix2pix_reference_shapes():
     assert D(torch.randn(1, 3, 192, 192)).shape == (1, 1, 22, 22)  # 192/8 - 2: the 70x70 PatchGAN
 
 
+@pytest.mark.slow  # ~10 s of CPU; the runner and FLOP counting are covered by the fast tests
 def test_bench_train_tiny(monkeypatch):
     monkeypatch.setattr(bench_train, "conv_peak", lambda repeats: _common.conv_peak(1, shapes=TINY_PEAK))
     res = bench_train.run(True, image_size=32, batch=2, base=4, num_downs=5, ndf=8, repeats=1)
