@@ -48,10 +48,15 @@ def test_layout_dtypes_and_range(tiny_cohort):
     meta = json.loads((out / "cohort.json").read_text())
     assert meta["seed"] == SEED and meta["patients"] == pids
     assert meta["config"]["n_patients"] == 2
-    assert {"wm", "gm", "csf", "rim", "necrosis", "oedema"} <= set(meta["tissues"])
+    assert {"wm", "gm", "csf", "rim", "necrosis", "oedema", "choroid", "mucosa"} <= set(meta["tissues"])
+    for pid in pids:  # per-sequence SNR is applied and recorded
+        sc = meta["summary"][pid]["scanner"]
+        assert [sc[m]["snr_wm"] for m in ("T1", "T2", "T1C")] == [TINY.snr_t1, TINY.snr_t2, TINY.snr_t1c]
     for pid in pids:
         d = out / pid
-        assert sorted(p.name for p in d.iterdir()) == sorted(list(PATIENT_FILES.values()) + ["motion.json"])
+        names = {p.name for p in d.iterdir()}
+        required = set(PATIENT_FILES.values()) | {"motion.json"}
+        assert required <= names and all(n in required or n.startswith("motion") for n in names), names
         t2 = sitk.ReadImage(str(d / "T2.nii.gz"))
         assert t2.GetSize() == (48, 48, 6)
         assert np.allclose(t2.GetSpacing(), (4.4, 4.4, 8.0))
@@ -209,7 +214,9 @@ def test_atomic_on_failure(monkeypatch, tmp_path):
         ({"spacing_mm": (4.4, -1.0, 8.0)}, "spacing_mm"),
         ({"max_rotation_deg": -1.0}, "max_rotation_deg"),
         ({"max_translation_mm": float("nan")}, "max_translation_mm"),
-        ({"snr": 0.0}, "snr"),
+        ({"snr_t1": 0.0}, "snr_t1"),
+        ({"snr_t2": -1.0}, "snr_t2"),
+        ({"snr_t1c": float("inf")}, "snr_t1c"),
     ],
 )
 def test_bad_config_raises(tmp_path, kwargs, match):
@@ -223,3 +230,35 @@ def test_bad_config_raises(tmp_path, kwargs, match):
 def test_bad_arguments_raise(tmp_path, seed, workers, match):
     with pytest.raises(ValueError, match=match):
         synthesize_cohort(tmp_path / "raw", TINY, seed, workers=workers)
+
+
+def test_normal_enhancing_structures_in_atlas():
+    """Choroid plexus sits in the lateral ventricles, sinus mucosa in front of the frontal lobes,
+    and both enhance (T1C/T1 signal ratio well above the brain's, from the signal equations)."""
+    from vce.synth.anatomy import CHANNELS, load_atlas
+    from vce.synth.signal import SEQUENCES
+    from vce.synth.tissues import TISSUES
+
+    atlas = load_atlas()
+    ch = atlas.channels
+    vox_ml = float(np.prod(atlas.spacing)) / 1000.0
+    idx = {n: i for i, n in enumerate(CHANNELS)}
+    zz, yy, xx = np.indices(ch.shape[:3])
+    # LPS physical coordinates of voxel centres (direction diag(-1, -1, 1)) -> RAS (MNI)
+    x_ras = -(atlas.origin[0] - atlas.spacing[0] * xx)
+    y_ras = -(atlas.origin[1] - atlas.spacing[1] * yy)
+    for name, lo_ml, where in (("choroid", 0.5, lambda: (np.abs(x_ras) > 4) & (y_ras < 10) & (y_ras > -60)),
+                               ("mucosa", 0.5, lambda: y_ras > 45)):
+        f = ch[..., idx[name]]
+        assert f.sum() * vox_ml > lo_ml, name
+        assert f[where()].sum() / f.sum() > 0.99, name
+    assert np.all(ch.sum(-1) <= 1.0 + 1e-5)
+
+    def enh(t):
+        s1 = SEQUENCES["T1"].signal(t.pd, *t.relaxation(0.0))
+        s1c = SEQUENCES["T1C"].signal(t.pd, *t.relaxation(t.gd_mM))
+        s1c0 = SEQUENCES["T1C"].signal(t.pd, *t.relaxation(0.0))
+        return float(s1c / s1c0), float(s1c / s1)
+
+    for name in ("choroid", "mucosa"):
+        assert enh(TISSUES[name])[0] > 1.5 * enh(TISSUES["wm"])[0], name

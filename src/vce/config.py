@@ -31,7 +31,9 @@ class SynthConfig:
     spacing_mm: tuple[float, float, float] = (2.2, 2.2, 4.0)
     max_rotation_deg: float = 3.0
     max_translation_mm: float = 3.0
-    snr: float = 40.0
+    snr_t1: float = 35.0  # white-matter SNR of the T1-w spin echo (Rician noise sigma = S_WM / snr)
+    snr_t2: float = 25.0  # ... of the T2-w spin echo
+    snr_t1c: float = 30.0  # ... of the post-contrast 3D spoiled GRE
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 normal enhancing vessels.
 
 The template tissue-probability maps ship inside nilearn's wheel (no download). From them the
-atlas holds, in template space (2 mm, LPS physical coordinates), the volume fraction of nine
+atlas holds, in template space (2 mm, LPS physical coordinates), the volume fraction of eleven
 compartments: WM, GM, CSF, dura (meninges + falx), cortical bone, diploic marrow, muscle
-(galea / temporalis), subcutaneous fat and skin. Outside the brain the layers are built from the
+(galea / temporalis), subcutaneous fat, skin, choroid plexus (in the lateral ventricles) and
+sinus mucosa (lining the frontal sinus). Outside the brain the layers are built from the
 distance to the (closed, smoothed) brain surface. Each patient's anatomy is the atlas pulled back
 through a random smooth deformation (affine size/pose change composed with a cubic B-spline),
 represented as a dense displacement field so that resampling stays fast.
@@ -24,7 +25,9 @@ from scipy.spatial import cKDTree
 logger = logging.getLogger(__name__)
 
 #: Atlas channels (volume fractions; their sum is 1 inside the head and 0 in air).
-CHANNELS: tuple[str, ...] = ("wm", "gm", "csf", "dura", "bone", "marrow", "muscle", "fat", "skin")
+CHANNELS: tuple[str, ...] = (
+    "wm", "gm", "csf", "dura", "bone", "marrow", "muscle", "fat", "skin", "choroid", "mucosa",
+)
 
 _PAD = 10  # template padding (voxels) so that the scalp fits and deformations stay inside
 _SPACING = 2.0
@@ -142,20 +145,44 @@ def build_atlas() -> Atlas:
     vert = np.clip((55.0 - zr) / 25.0, 0, 1) * np.clip((zr + 45.0) / 20.0, 0, 1)
     ap = np.clip((yr + 80.0) / 20.0, 0, 1) * np.clip((40.0 - yr) / 20.0, 0, 1)
     muscle_t = 1.5 + 8.0 * lat * vert * ap
+    # frontal sinus: an air cavity in the frontal bone in front of the frontal lobes, lined by
+    # mucosa. Where w_fs > 0 the diploe widens by up to 8 mm into the cavity.
+    w_fs = (
+        np.clip((18.0 - np.abs(xr)) / 4.0, 0, 1)
+        * np.clip((zr + 8.0) / 5.0, 0, 1)
+        * np.clip((26.0 - zr) / 6.0, 0, 1)
+        * np.clip((yr - 45.0) / 8.0, 0, 1)
+    ).astype(np.float32)
+    widen = 8.0 * w_fs
     b = [0.0, 1.0, 2.5, 4.0, 7.0, 8.5]  # csf | dura | inner table | diploe | outer table
-    m_end = b[-1] + muscle_t
+    b4, b5 = b[4] + widen, b[5] + widen
+    m_end = b5 + muscle_t
     f_end = m_end + 4.0
     s_end = f_end + 2.0
     csf = csf + _layer(d, b[0], b[1])
     dura = dura + _layer(d, b[1], b[2])
-    diploe = _layer(d, b[3], b[4])
-    bone = _layer(d, b[2], b[3]) + 0.4 * diploe + _layer(d, b[4], b[5])
-    marrow = 0.6 * diploe
-    muscle = _layer(d, b[5], m_end)
+    diploe = _layer(d, b[3], b4)
+    lining = _layer(d, b[3], b[3] + 1.5) + _layer(d, b4 - 1.5, b4)  # 1.5 mm mucosa on both walls
+    mucosa = w_fs * np.minimum(lining, diploe)
+    bone = _layer(d, b[2], b[3]) + (1.0 - w_fs) * 0.4 * diploe + _layer(d, b4, b5)
+    marrow = (1.0 - w_fs) * 0.6 * diploe  # the rest of the sinus (w_fs * (diploe - lining)) is air
+    muscle = _layer(d, b5, m_end)
     fat = _layer(d, m_end, f_end)
     skin = _layer(d, f_end, s_end)
 
-    chans = np.stack([wm, gm, csf, dura, bone, marrow, muscle, fat, skin], axis=-1).astype(np.float32)
+    # choroid plexus: vascular fronds in the lateral ventricles, bulky in the atria (glomus, MNI
+    # ~(+-26, -40, 12) mm) and thin along the ventricular bodies; it replaces part of the CSF
+    depth_in = ndi.distance_transform_edt(mask, sampling=_SPACING).astype(np.float32)
+    ventricle = (depth_in > 12.0) & (np.abs(xr) > 4.0) & (csf > 0.3)
+    glomus = np.exp(-(((np.abs(xr) - 26.0) / 7.0) ** 2 + ((yr + 40.0) / 8.0) ** 2 + ((zr - 12.0) / 6.0) ** 2))
+    along = np.clip((5.0 - yr) / 5.0, 0, 1) * np.clip((yr + 34.0) / 5.0, 0, 1)
+    body = along * np.exp(-(((np.abs(xr) - 14.0) / 3.5) ** 2 + ((zr - 17.0) / 3.5) ** 2))
+    choroid = (0.7 * ventricle * np.maximum(glomus, body) * csf).astype(np.float32)
+    csf = csf - choroid
+
+    chans = np.stack(
+        [wm, gm, csf, dura, bone, marrow, muscle, fat, skin, choroid, mucosa], axis=-1
+    ).astype(np.float32)
     chans = np.clip(chans, 0.0, 1.0)
     tot = chans.sum(-1, keepdims=True)
     chans = np.where(tot > 1.0, chans / np.maximum(tot, 1e-6), chans).astype(np.float32)

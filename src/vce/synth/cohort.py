@@ -47,6 +47,11 @@ BIAS_AMPLITUDE = 0.06
 MONTAGE_ROWS = 4
 
 
+def scan_snr(cfg: SynthConfig, scan: str) -> float:
+    """White-matter SNR of one scan ("T1", "T2" or "T1C") from ``synth.snr_t1 / snr_t2 / snr_t1c``."""
+    return float({"T1": cfg.snr_t1, "T2": cfg.snr_t2, "T1C": cfg.snr_t1c}[scan])
+
+
 def patient_id(index: int) -> str:
     return f"P{index + 1:03d}"
 
@@ -76,8 +81,10 @@ def validate(cfg: SynthConfig, seed: int = 0, workers: int = 1) -> None:
         raise ValueError(f"synth.max_rotation_deg must be in [0, 30], got {cfg.max_rotation_deg!r}")
     if not finite(cfg.max_translation_mm) or not 0 <= cfg.max_translation_mm <= 50:
         raise ValueError(f"synth.max_translation_mm must be in [0, 50], got {cfg.max_translation_mm!r}")
-    if not finite(cfg.snr) or cfg.snr <= 0:
-        raise ValueError(f"synth.snr must be a positive number, got {cfg.snr!r}")
+    for name in ("snr_t1", "snr_t2", "snr_t1c"):
+        v = getattr(cfg, name)
+        if not finite(v) or v <= 0:
+            raise ValueError(f"synth.{name} must be a positive number, got {v!r}")
     if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if not is_int(workers) or workers < 1:
@@ -265,7 +272,8 @@ def synthesize_patient(
         clean = clean * bias
         wm = tissues["wm"]
         s_wm = float(seq.signal(wm.pd, *wm.relaxation(wm.gd_mM if seq.contrast else 0.0)))
-        sigma = s_wm / float(cfg.snr)
+        snr = float(scan_snr(cfg, scan))
+        sigma = s_wm / snr
         noisy = rician(r_scn, clean, sigma)
         body = clean > 0.05 * clean.max()
         p995 = float(np.percentile(clean[body], 99.5)) if body.any() else float(clean.max() or 1.0)
@@ -275,7 +283,12 @@ def synthesize_patient(
         img = sitk.GetImageFromArray(arr)
         img.CopyInformation(ref)
         images[scan] = img
-        scanner[scan] = {"gain": round(gain, 3), "noise_sigma": round(sigma * gain, 3), "sequence": seq.to_dict()}
+        scanner[scan] = {
+            "gain": round(gain, 3),
+            "snr_wm": snr,
+            "noise_sigma": round(sigma * gain, 3),
+            "sequence": seq.to_dict(),
+        }
     mimg = sitk.GetImageFromArray(mask)
     mimg.CopyInformation(ref)
     images["mask"] = mimg

@@ -130,15 +130,27 @@ def random_lesion_shape(rng: np.random.Generator, centre, radius_mm: float) -> L
 
 
 def sample_lesions(
-    rng: np.random.Generator, brain: PatientBrain, z_lo: float, z_hi: float, radius_range=(8.0, 25.0)
+    rng: np.random.Generator,
+    brain: PatientBrain,
+    z_lo: float,
+    z_hi: float,
+    radius_range=(8.0, 25.0),
+    small_radius_range=(3.0, 8.0),
 ) -> list[Lesion]:
-    """1-2 lesions fully inside the brain, centred within the imaged slab [z_lo, z_hi]."""
-    n = int(rng.integers(1, 3))
+    """1-3 lesions fully inside the brain, centred within the imaged slab [z_lo, z_hi].
+
+    Number of lesions: 1, 2 or 3 with probabilities 0.55, 0.30, 0.15 (multifocal disease,
+    metastases). The first (index) lesion has a gross radius ~ U(radius_range); each further one
+    is small (U(small_radius_range): satellite / small metastasis) with probability 0.5,
+    otherwise drawn like the first.
+    """
+    n = int(rng.choice([1, 2, 3], p=[0.55, 0.30, 0.15]))
     half = 0.5 * (z_hi - z_lo)
     zc = 0.5 * (z_hi + z_lo)
     lesions: list[Lesion] = []
-    for _ in range(n):
-        radius = float(rng.uniform(*radius_range))
+    for k in range(n):
+        small = k > 0 and rng.uniform() < 0.5
+        radius = float(rng.uniform(*(small_radius_range if small else radius_range)))
         les = random_lesion_shape(rng, np.zeros(3), radius)
         for _attempt in range(8):
             ext = les.gross_extent_mm()

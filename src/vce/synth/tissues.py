@@ -67,6 +67,15 @@ TISSUES: dict[str, Tissue] = {
         _t("fat", 382, 68, 0.90, 0.03, "de Bazelaire 2004 subcutaneous fat"),
         _t("skin", 1000, 40, 0.70, 0.15, "dermis (assumed, muscle-like); v_e ~ 0.15"),
         _t(
+            "choroid", 1500, 110, 0.85, 0.45,
+            "choroid plexus (assumed: vascular stroma, T1/T2 between GM and CSF); fenestrated capillaries, "
+            "no blood-brain barrier: v_p + v_e ~ 0.45",
+        ),
+        _t(
+            "mucosa", 1500, 120, 0.85, 0.40,
+            "sinus mucosa (assumed: oedematous, water-rich: T2-bright); highly vascular: v_p + v_e ~ 0.4",
+        ),
+        _t(
             "artery", 1932, 275, 0.85, 0.58, "Stanisz 2005 blood; C_b = C_p (1 - Hct)", flow_void=0.15, is_blood=True
         ),
         _t("sinus", 1932, 275, 0.85, 0.58, "venous sinus blood, slower flow", flow_void=0.4, is_blood=True),
