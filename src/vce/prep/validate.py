@@ -12,7 +12,8 @@ mask not on the T2 grid), ``no_patients``, ``cohort_too_small`` (the configured 
 warnings (the study runs, but look): ``negative`` values, ``tiny_fov`` (in-plane field of view
 below ``min_fov_mm``), ``fov_mismatch`` (physical extent of T1/T1C differs from T2 by more than
 ``fov_tolerance``, relative, on some axis), ``mask_grid`` (mask spacing/origin/direction differ
-from T2), ``mask_values`` (mask not 0/1), ``empty_mask``, ``unexpected_file``.
+from T2), ``mask_values`` (mask not 0/1), ``empty_mask``, ``unexpected_file`` (an image file or folder
+with another name, e.g. ``t1.nii.gz`` or ``T1.nii``: probably a misnamed modality).
 
 The report is written as JSON and CSV (atomically); nothing else is written.
 """
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: files a patient directory may hold besides the volumes
 KNOWN_EXTRA = {"motion.json", "transforms.json", "qc.json"}
+#: image-like names that, when not one of the expected files, probably are a misnamed modality
+_IMAGE_EXT = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".dcm")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ def _read(path: Path, pid: str, what: str, issues: list[Issue]) -> sitk.Image | 
             data = np.asanyarray(nib.load(str(path)).dataobj)
         except Exception as exc:  # noqa: BLE001 - truncated gzip, short data
             err("truncated", f"truncated or corrupt NIfTI ({exc})")
+            return None
+        if data.ndim != 3 and not (data.ndim == 4 and data.shape[3] == 1):  # (x, y, z, 1) is 3D
+            err("not_3d", f"must be a 3D volume, got {data.ndim}D NIfTI of shape {data.shape}")
             return None
         if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
             err("non_finite", f"{int(np.size(data) - np.isfinite(data).sum())} NaN/Inf voxel(s)")
@@ -150,9 +156,10 @@ def validate_patient(
                 issues.append(Issue(pid, path, "warning", "mask_grid", "tumour mask spacing/origin/direction differ from T2's"))
     expected = set(PATIENT_FILES.values()) | KNOWN_EXTRA
     for f in sorted(pdir.iterdir()):
-        if not f.name.startswith(".") and f.name not in expected:
-            issues.append(Issue(pid, str(f), "warning", "unexpected_file",
-                                f"unexpected {'folder' if f.is_dir() else 'file'} {f.name} (ignored; expected {', '.join(PATIENT_FILES.values())})"))
+        if f.name.startswith(".") or f.name in expected or not (f.is_dir() or f.name.lower().endswith(_IMAGE_EXT)):
+            continue  # other files (motion.json, notes, transforms) are fine
+        issues.append(Issue(pid, str(f), "warning", "unexpected_file",
+                            f"unexpected {'folder' if f.is_dir() else 'file'} {f.name} (ignored; expected {', '.join(PATIENT_FILES.values())})"))
     return issues, not any(i.severity == "error" for i in issues)
 
 
