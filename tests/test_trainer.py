@@ -253,16 +253,16 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, tiny_cfg) -> None
     import sys
     import time
 
-    tiny_normalized = _write_store(tmp_path / "normalized")
+    store = _write_store(tmp_path / "normalized")
     params = _params_file(tmp_path, **RESUME_TRAIN)
     cfg = dataclasses.replace(tiny_cfg.train, **RESUME_TRAIN)
     variant = tiny_cfg.variant("pgmgvce_main")
-    ref = train_variant(tiny_normalized / "sigmoid", tmp_path / "ref", variant, cfg, tiny_cfg.seed)
+    ref = train_variant(store / "sigmoid", tmp_path / "ref", variant, cfg, tiny_cfg.seed)
 
     out = tmp_path / "run"
     state = tmp_path / "run.partial" / "last.pt"
     vce = Path(sys.executable).parent / "vce"
-    cmd = [str(vce), "train", "--variant", "pgmgvce_main", "--normalized", str(tiny_normalized), "--out", str(out),
+    cmd = [str(vce), "train", "--variant", "pgmgvce_main", "--normalized", str(store), "--out", str(out),
            "--no-tracking", "--params", str(params), "--profile", "tiny", "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -312,7 +312,7 @@ def test_stale_state_without_resume_is_deleted(tmp_path: Path) -> None:
 
 
 def _train_and_abort(norm: Path, out: Path, cfg: TrainConfig, seed: int, after: int) -> None:
-    """Run train_variant but raise inside the loop at iteration ``after`` (via a NaN input slice)."""
+    """Run train_variant but make the loss non-finite at iteration ``after`` (an in-loop crash)."""
     import vce.training.trainer as tr
 
     orig = tr.lsgan_g_loss
