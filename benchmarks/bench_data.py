@@ -67,17 +67,30 @@ def write_registered_cohort(out: Path, n_patients: int, n_slices: int, size: int
 
 
 class _AnonSampler:
-    """Background thread: peak of ``RssAnon`` (bytes) from ``/proc/self/status`` every ``period`` s."""
+    """Background thread: peak of ``RssAnon`` (bytes) from ``/proc/self/status`` every ``period`` s,
+    overall (``peak``) and per stage (``stage_peaks``; :meth:`stage` names the current one)."""
 
     def __init__(self, period: float = 0.002) -> None:
         self.period = period
         self.peak = anon_bytes() or 0
+        self.current = "start"
+        self.stage_peaks: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
+    def _sample(self) -> None:
+        v = anon_bytes() or 0
+        self.peak = max(self.peak, v)
+        self.stage_peaks[self.current] = max(self.stage_peaks.get(self.current, 0), v)
+
+    def stage(self, name: str) -> None:
+        self._sample()
+        self.current = name
+        self._sample()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, anon_bytes() or 0)
+            self._sample()
             time.sleep(self.period)
 
     def __enter__(self) -> "_AnonSampler":
@@ -87,7 +100,7 @@ class _AnonSampler:
     def __exit__(self, *args: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, anon_bytes() or 0)
+        self._sample()
 
 
 def anon_bytes() -> int | None:
@@ -129,12 +142,15 @@ def memory_child(registered: Path, work: Path, image_size: int) -> dict[str, Any
     base_anon, base_rss = anon_bytes() or 0, rss_bytes() or 0
     times = {}
     with _AnonSampler() as sampler:
+        sampler.stage("split")
         t0 = time.perf_counter()
         manifest = split_cohort(registered, work / "split", cfg, seed=0)
         times["split_s"] = time.perf_counter() - t0
+        sampler.stage("normalize")
         t0 = time.perf_counter()
         normalize_split(work / "split", work / "normalized")
         times["normalize_s"] = time.perf_counter() - t0
+        sampler.stage("epoch")
         t0 = time.perf_counter()
         data = SliceDataset(work / "normalized" / "sigmoid", "train", MODALITIES)
         sampler_b = SeededBatchSampler(len(data), BATCH, 0)
@@ -154,6 +170,7 @@ def memory_child(registered: Path, work: Path, image_size: int) -> dict[str, Any
         "baseline_anon_mib": base_anon / mib,
         "peak_anon_mib": sampler.peak / mib,
         "anon_increment_mib": (sampler.peak - base_anon) / mib,
+        "stage_peak_anon_mib": {k: v / mib for k, v in sampler.stage_peaks.items() if k != "start"},
         "rss_increment_mib": (maxrss - base_rss) / mib,
         "checksum": checksum,
         **times,
