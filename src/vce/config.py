@@ -31,6 +31,8 @@ class SynthConfig:
     spacing_mm: tuple[float, float, float] = (2.2, 2.2, 4.0)
     max_rotation_deg: float = 3.0
     max_translation_mm: float = 3.0
+    max_nonrigid_mm: float = 2.0  # peak of the smooth B-spline part of T1/T1C motion (0 = rigid only)
+    nonrigid_grid_spacing_mm: float = 60.0  # its control-point spacing (coarse = smooth)
     snr_t1: float = 35.0  # white-matter SNR of the T1-w spin echo (Rician noise sigma = S_WM / snr)
     snr_t2: float = 25.0  # ... of the T2-w spin echo
     snr_t1c: float = 30.0  # ... of the post-contrast 3D spoiled GRE
@@ -38,11 +40,36 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class RegisterConfig:
-    shrink_factors: tuple[int, ...] = (2, 1)
+    """``vce register`` (docs/registration.md): centred rigid, then B-spline, Mattes MI, QC thresholds."""
+
+    shrink_factors: tuple[int, ...] = (2, 1)  # rigid stage pyramid
     smoothing_sigmas_mm: tuple[float, ...] = (2.0, 0.0)
-    iterations: int = 60
-    sampling_fraction: float = 0.15
+    iterations: int = 60  # rigid stage, per level
+    sampling_fraction: float = 0.15  # rigid stage, random metric samples
     histogram_bins: int = 32
+    bspline: bool = True  # B-spline stage after the rigid one
+    bspline_grid_spacing_mm: float = 50.0  # control-point spacing (mesh size = extent / spacing)
+    bspline_iterations: int = 30  # LBFGSB iterations per level
+    bspline_shrink_factors: tuple[int, ...] = (2, 1)
+    bspline_smoothing_sigmas_mm: tuple[float, ...] = (2.0, 0.0)
+    bspline_sampling_fraction: float = 0.2
+    use_mask: bool = True  # metric restricted to the (dilated) body mask of the fixed T2
+    parallel_modalities: bool = True  # T1 and T1C in two threads when cores allow
+    max_tre_mm: float = 3.0  # flag when the TRE p95 vs the true motion (synthetic only) exceeds this
+    min_jacobian: float = 0.0  # flag when the Jacobian determinant min over the body is <= this (folding)
+    max_metric_increase: float = 0.0  # flag when Mattes MI after - before exceeds this (lower is better)
+    on_failure: str = "exclude"  # exclude (patient left out, listed in excluded.json) | stop (error)
+    qc_png: bool = True  # <out>/<pid>/qc.png checkerboard + edge overlay
+
+    def __post_init__(self) -> None:
+        if self.on_failure not in ("exclude", "stop"):
+            raise ConfigError(f"register.on_failure must be 'exclude' or 'stop', got {self.on_failure!r}")
+        if len(self.shrink_factors) != len(self.smoothing_sigmas_mm):
+            raise ConfigError("register.shrink_factors and smoothing_sigmas_mm must have the same length")
+        if len(self.bspline_shrink_factors) != len(self.bspline_smoothing_sigmas_mm):
+            raise ConfigError("register.bspline_shrink_factors and bspline_smoothing_sigmas_mm must have the same length")
+        if self.bspline_grid_spacing_mm <= 0:
+            raise ConfigError(f"register.bspline_grid_spacing_mm must be > 0, got {self.bspline_grid_spacing_mm!r}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +104,7 @@ class TrainConfig:
     health_window: int = 20  # GAN health: logged rows averaged for the discriminator-collapse check
     d_collapse_loss: float = 0.02  # warn when mean loss_d over health_window rows falls below this
     patience: int = 5  # warn when the generator has not improved for this many validations/log windows
+    pgmgvce_depth: int = 2  # halvings in the PGMGVCE feature extractor (image size must be a multiple of 2^depth)
 
 
 @dataclass(frozen=True)

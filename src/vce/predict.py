@@ -1,14 +1,19 @@
 """``vce predict``: one new patient's T1 + T2 in, a synthetic T1C NIfTI out.
 
-T1 is registered rigidly onto T2 (the settings the model was trained with), both are
-normalised with their own statistics, the generator runs slice by slice, and the result is
-mapped back to scanner units with T1C statistics predicted from T1/T2 by the calibration fitted
-on the training patients (a new patient has no real T1C). The output has T2's grid and affine
-and a header description marking it synthetic.
+Inputs are NIfTI files or DICOM series folders (:func:`vce.io.images.read_image`; a folder with
+several series is narrowed by the default T1 / T2 series rules). Both are reoriented to the
+canonical LPS orientation the model was trained in (a permutation/flip, no interpolation), T1 is
+registered onto T2 with the registration settings the model was trained with (rigid + B-spline,
+Mattes MI), both are normalised with their own statistics, the generator runs on batches of
+slices, and the result is mapped back to scanner units with T1C statistics predicted from T1/T2
+by the calibration fitted on the training patients (a new patient has no real T1C). The output
+is written on the *original* T2 grid (same size, spacing, origin, direction and affine), as
+12-bit integers, with a header description marking it synthetic.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -17,15 +22,29 @@ import SimpleITK as sitk
 from .config import RegisterConfig
 from .inference import input_statistics, synthesize_t1c
 from .io.errors import VCEInputError
-from .io.nifti import read_volume, to_uint12, write_volume
+from .io.images import CANONICAL_ORIENTATION, read_image
+from .io.nifti import to_uint12, write_volume
 from .models.factory import load_generator
 from .prep.normalization import apply_calibration
-from .prep.registration import register_rigid
+from .prep.registration import register_image
 
 logger = logging.getLogger(__name__)
 
 
-def predict_patient(t1_path: str | Path, t2_path: str | Path, checkpoint: str | Path, out: str | Path) -> Path:
+def _register_config(stored: dict | None) -> RegisterConfig:
+    """The checkpoint's registration settings (fields unknown to this version are ignored)."""
+    names = {f.name for f in dataclasses.fields(RegisterConfig)}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in (stored or {}).items() if k in names}
+    return RegisterConfig(**kw)
+
+
+def predict_patient(
+    t1_path: str | Path, t2_path: str | Path, checkpoint: str | Path, out: str | Path, batch_size: int = 16,
+) -> Path:
+    """Synthesise T1C for one patient and write it to ``out`` (NIfTI, atomically). Returns ``out``.
+
+    Raises :class:`VCEInputError` for a missing/unreadable/unsuitable input or checkpoint.
+    """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise VCEInputError(f"{checkpoint}: model checkpoint not found")
@@ -34,16 +53,23 @@ def predict_patient(t1_path: str | Path, t2_path: str | Path, checkpoint: str | 
     variant = meta["variant"]
     if not md.get("calibration"):
         raise VCEInputError(f"{checkpoint}: checkpoint has no T1C calibration; retrain with `vce train`")
-    t2 = sitk.Cast(read_volume(t2_path, what="T2"), sitk.sitkFloat32)
+    t2_native = read_image(t2_path, what="T2", rule="T2")
+    t2 = sitk.Cast(sitk.DICOMOrient(t2_native, CANONICAL_ORIENTATION), sitk.sitkFloat32)
     vols = {"T2": sitk.GetArrayFromImage(t2)}
-    t1 = sitk.Cast(read_volume(t1_path, what="T1"), sitk.sitkFloat32)
-    tx = register_rigid(t2, t1, RegisterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in md["register"].items()}))
+    # T1 is read even for T2-only variants: its statistics feed the T1C calibration
+    t1 = sitk.Cast(sitk.DICOMOrient(read_image(t1_path, what="T1", rule="T1"), CANONICAL_ORIENTATION), sitk.sitkFloat32)
+    tx = register_image(t2, t1, _register_config(md.get("register")))
     vols["T1"] = sitk.GetArrayFromImage(sitk.Resample(t1, t2, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-    stats = input_statistics(vols, int(md["image_size"]), float(md["min_body_fraction"]))
+    size = int(md["image_size"])
+    if min(vols["T2"].shape[1:]) < 8:
+        raise VCEInputError(f"{t2_path}: T2 in-plane matrix {vols['T2'].shape[1:]} is too small to synthesise from")
+    stats = input_statistics(vols, size, float(md["min_body_fraction"]))
     t1c_stats = apply_calibration(md["calibration"], stats)
-    pred = synthesize_t1c(generator, variant, vols, stats, t1c_stats, int(md["image_size"]))
+    pred = synthesize_t1c(generator, variant, vols, stats, t1c_stats, size, batch_size=batch_size)
     img = sitk.GetImageFromArray(to_uint12(pred))
     img.CopyInformation(t2)
+    # back onto the native T2 grid: the canonical grid has the same voxel centres, so this is exact
+    img = sitk.Resample(img, t2_native, sitk.Transform(), sitk.sitkNearestNeighbor, 0, img.GetPixelID())
     write_volume(img, out, description=f"SYNTHETIC T1C (VCE {variant['name']}), not for diagnosis")
     logger.info("wrote synthetic T1C %s (T1C mu/sd from calibration: %.1f / %.1f)", out, *t1c_stats)
     return Path(out)

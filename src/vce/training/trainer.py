@@ -115,6 +115,12 @@ KEEP = ("last", "best")
 RESUME_FREE = ("iterations", "checkpoint_every", "threads")
 
 
+def generator_arch(model: str, cfg: TrainConfig) -> dict[str, Any]:
+    """Architecture keywords of the generator beyond (modalities, base channels): PGMGVCE's number
+    of halvings (``train.pgmgvce_depth``); MMgSN-Net's layout is fixed."""
+    return {"depth": cfg.pgmgvce_depth} if model == "pgmgvce" else {}
+
+
 def _check_cfg(cfg: TrainConfig, variant: Variant) -> None:
     problems = []
     for name in ("iterations", "batch_size", "log_every", "base_channels", "val_every", "health_window", "patience"):
@@ -406,7 +412,8 @@ def _train(
     try:
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(seed)
-            G = build_generator(variant.model, n_mod, cfg.base_channels, output_for(variant.normalization)).to(device)
+            G = build_generator(variant.model, n_mod, cfg.base_channels, output_for(variant.normalization),
+                                **generator_arch(variant.model, cfg)).to(device)
             D = build_discriminator(n_mod, cfg.base_channels, image_size=size).to(device)
             G_ema = None
             if cfg.ema_decay > 0:
@@ -743,7 +750,7 @@ def _train(
                 "discriminator": d_state,
                 "variant": variant.to_dict(),
                 "model": {"name": variant.model, "n_modalities": n_mod, "base_channels": cfg.base_channels,
-                          "output": output_for(variant.normalization)},
+                          "output": output_for(variant.normalization), "arch": generator_arch(variant.model, cfg)},
                 "discriminator_model": {"in_channels": D.in_channels, "base_channels": cfg.base_channels,
                                         "n_layers": D.n_layers},
                 "iterations": cfg.iterations,
