@@ -52,7 +52,7 @@ def test_unreadable_truncated_or_non_image(tmp_path, tiny_cohort, capsys, conten
 
 @pytest.mark.parametrize(
     "kind,needle",
-    [("4d", "3D scalar"), ("nan", "NaN"), ("zero", "constant")],
+    [("4d", "3D scalar"), ("nan", "NaN"), ("inf", "Inf"), ("zero", "constant")],
 )
 def test_invalid_volume_content(tmp_path, tiny_cohort, capsys, kind, needle):
     raw = _cohort(tmp_path, tiny_cohort)
@@ -60,8 +60,8 @@ def test_invalid_volume_content(tmp_path, tiny_cohort, capsys, kind, needle):
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(f))).astype(np.float32)
     if kind == "4d":
         img = sitk.GetImageFromArray(np.stack([arr, arr]))  # (t, z, y, x) -> 4D image
-    elif kind == "nan":
-        arr[0, 0, 0] = np.nan
+    elif kind in ("nan", "inf"):
+        arr[0, 0, 0] = np.nan if kind == "nan" else -np.inf
         img = sitk.GetImageFromArray(arr)
     else:
         img = sitk.GetImageFromArray(np.zeros_like(arr))
@@ -130,3 +130,95 @@ def test_run_refuses_a_synthetic_cohort_of_another_profile(tmp_path, tiny_cohort
     check_synthetic_cohort(tiny_cohort, tiny_cfg)  # its own profile: fine
     with pytest.raises(VCEInputError, match="other settings"):
         check_synthetic_cohort(tiny_cohort, load_config(ROOT / "params.yaml", "demo"))
+
+
+def test_tumour_mask_not_on_t2_grid(tmp_path, tiny_cohort, capsys):
+    raw = _cohort(tmp_path, tiny_cohort)
+    f = _first(raw) / "tumor_mask.nii.gz"
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
+    sitk.WriteImage(sitk.GetImageFromArray(arr[:, :-4, :]), str(f))
+    rc, err, out = _register(tmp_path, raw, capsys)
+    assert rc == 2 and str(f) in err and "T2 size" in err and not out.exists()
+
+
+def test_duplicate_patient_ids_up_to_case(tmp_path, tiny_cohort, capsys):
+    raw = _cohort(tmp_path, tiny_cohort)
+    p = _first(raw)
+    shutil.copytree(p, raw / p.name.lower())
+    rc, err, out = _register(tmp_path, raw, capsys)
+    assert rc == 2 and p.name in err and p.name.lower() in err and "differ only in case" in err and not out.exists()
+
+
+# --- vce import: the same guarantees for real-data import (see tests/test_import.py) ---------
+
+def _import_src(tmp_path, tiny_cohort, kind):
+    """Two source patients as DICOM series, then one defect; returns (src, file or folder to name)."""
+    from test_import import _arrays, dicom_patient, write_dicom_series
+
+    src = tmp_path / "src"
+    a = dicom_patient(src / "case_a", _arrays(tiny_cohort, 0), "ID-A", extra=False)
+    b = dicom_patient(src / "case_b", _arrays(tiny_cohort, 1), "ID-B", extra=False)
+    t2 = b / "study1" / "s5"
+    if kind == "missing_modality":
+        shutil.rmtree(t2)
+        return src, "T2"
+    if kind == "truncated_dicom":
+        f = sorted(t2.iterdir())[2]
+        f.write_bytes(f.read_bytes()[:400])
+        return src, str(f)
+    if kind == "non_image":
+        shutil.rmtree(t2)
+        (b / "T2.nii.gz").write_bytes(b"this is not an image")
+        return src, str(b / "T2.nii.gz")
+    if kind == "4d_dicom":
+        shutil.rmtree(t2)
+        write_dicom_series(t2, _arrays(tiny_cohort, 1)["T2"], "AX T2 TSE", 5, "ID-B", repeat=2)
+        return src, "4D"
+    if kind == "nan_nifti":
+        shutil.rmtree(t2)
+        arr = _arrays(tiny_cohort, 1)["T2"].astype(np.float32)
+        arr[1, 2, 3] = np.nan
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(b / "T2.nii.gz"))
+        return src, str(b / "T2.nii.gz")
+    if kind == "zero_nifti":
+        shutil.rmtree(t2)
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 48, 48), np.float32)), str(b / "T2.nii.gz"))
+        return src, "constant"
+    if kind == "duplicate_patient_id":
+        shutil.rmtree(b)
+        dicom_patient(b, _arrays(tiny_cohort, 1), "ID-A", extra=False)
+        return src, "same DICOM PatientID"
+    if kind == "case_duplicate_folders":
+        shutil.copytree(a, src / "CASE_A")
+        return src, "differ only in case"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing_modality", "truncated_dicom", "non_image", "4d_dicom", "nan_nifti",
+                                  "zero_nifti", "duplicate_patient_id", "case_duplicate_folders"])
+def test_import_bad_input(tmp_path, tiny_cohort, capsys, kind):
+    src, needle = _import_src(tmp_path, tiny_cohort, kind)
+    out = tmp_path / "raw"
+    rc, err = _run(capsys, "import", "--src", str(src), "--out", str(out))
+    assert rc == 2 and needle in err, err
+    assert "case_b" in err or "CASE_A" in err  # the source folder is named
+    assert "ID-A" not in err and "ID-B" not in err  # DICOM PatientIDs are not
+    assert not out.exists() and not (src / ".vce_pseudonyms.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no temp leftovers
+
+
+def test_reimport_failure_keeps_previous_output(tmp_path, tiny_cohort, capsys):
+    src, _ = _import_src(tmp_path, tiny_cohort, "truncated_dicom")
+    shutil.rmtree(src / "case_b")
+    out = tmp_path / "raw"
+    rc, err = _run(capsys, "import", "--src", str(src), "--out", str(out))
+    assert rc == 0 and (out / "P0001" / "T1C.nii.gz").is_file()
+    before = {p.name: p.read_bytes() for p in (out / "P0001").iterdir()}
+    mapping = (src / ".vce_pseudonyms.json").read_bytes()
+    f = sorted((src / "case_a" / "study1" / "s9").iterdir())[3]
+    f.write_bytes(f.read_bytes()[:300])  # a corrupt slice in the middle of T1C
+    rc, err = _run(capsys, "import", "--src", str(src), "--out", str(out))
+    assert rc == 2 and "case_a" in err and str(f) in err
+    assert {p.name: p.read_bytes() for p in (out / "P0001").iterdir()} == before
+    assert (src / ".vce_pseudonyms.json").read_bytes() == mapping
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "src"]

@@ -206,6 +206,17 @@ def _sorted_files(s: DicomSeries, what: str) -> list[str]:
         )
     if len(keys) < 2:
         raise VCEInputError(f"{s.folder}: {what} {s.label} has a single slice: need a 3D volume")
+    if orients:  # positions along the slice normal (mm): must be evenly spaced (no missing slice)
+        gaps = np.diff(sorted(positions))
+        med = float(np.median(gaps))
+        if np.max(np.abs(gaps - med)) > 0.1 * med:
+            mine = set(s.files)
+            odd = [str(f) for f in sorted(s.folder.iterdir()) if f.is_file() and f not in mine and is_dicom_file(f)]
+            raise VCEInputError(
+                f"{s.folder}: {what} {s.label} has missing or unevenly spaced slices (gaps {float(gaps.min()):g} to "
+                f"{float(gaps.max()):g} mm); "
+                + (f"unreadable or truncated DICOM file(s) there: {', '.join(odd[:5])}" if odd else "a slice file is absent?")
+            )
     return [f for _, f in sorted(keys)]
 
 
