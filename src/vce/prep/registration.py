@@ -1,20 +1,33 @@
-"""Registration of T1 and T1C onto the T2 grid (SimpleITK, rigid, Mattes mutual information).
+"""Registration of T1 and T1C onto the T2 grid (SimpleITK: centred rigid, then B-spline, Mattes MI).
 
-The paper registers with a B-spline transform and mutual information in 3D Slicer; this step
-uses a centred rigid (Euler3D) transform with Mattes MI in a multi-resolution pyramid, which
-recovers the inter-scan head motion. Outputs per patient, all on the T2 grid:
+Like the paper (3D Slicer, B-spline + mutual information), per moving modality: a centred rigid
+(Euler3D) transform, then a cubic B-spline on a coarse control grid, both optimising Mattes
+mutual information over the (dilated) body mask of the fixed T2 in a multi-resolution pyramid.
+The estimated transform maps T2 physical points to the modality's points (SimpleITK resampling
+convention, fixed = T2): ``T(p) = R(p + d(p))``, saved as ``CompositeTransform([R, B])``.
 
-``<out>/<pid>/{T1,T2,T1C}.nii.gz`` (float32, scanner units), ``tumor_mask.nii.gz`` if given,
-``transforms.json`` (estimated T2->modality transforms) and ``qc.json``; ``<out>/qc.csv`` for
-the cohort.
+QC per patient and modality (``docs/registration.md``): Mattes MI before/after, the Jacobian
+determinant of ``T`` over the body (min <= 0 means folding), and on synthetic patients the
+target registration error against the saved true transform (mean, p95 over body voxels).
+A registration past a threshold is flagged; ``register.on_failure`` then either excludes the
+patient (not written; listed with the reason in ``qc.csv`` and ``excluded.json``) or stops the
+step with an error naming the patient.
+
+Outputs, all on the T2 grid: ``<out>/<pid>/{T1,T2,T1C}.nii.gz`` (float32, scanner units),
+``tumor_mask.nii.gz`` if given, ``transform_T1.tfm`` / ``transform_T1C.tfm`` (estimated
+T2->modality transforms), ``transforms.json``, ``qc.json``, ``qc.png``; for the cohort
+``<out>/qc.csv`` and ``<out>/excluded.json``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +37,7 @@ import SimpleITK as sitk
 
 from ..config import RegisterConfig
 from ..io.atomic import atomic_dir, write_json
-from ..io.cohort import list_patients
+from ..io.cohort import check_patient_id, list_patients
 from ..io.errors import VCEInputError
 from ..io.nifti import PATIENT_FILES, read_volume, write_volume
 from .slicing import body_mask
@@ -32,24 +45,60 @@ from .slicing import body_mask
 logger = logging.getLogger(__name__)
 
 MOVING = ("T1", "T1C")
+#: Order of the per-patient columns of qc.csv (then the per-modality ones, see :func:`qc_columns`).
+QC_PATIENT_COLUMNS = ("patient", "status", "reason", "seconds")
+QC_MODALITY_FIELDS = (
+    "mi_before", "mi_after", "jac_min", "jac_max", "tre_mean_mm", "tre_p95_mm", "motion_mean_mm", "motion_p95_mm",
+)
 
 
-def _metric(fixed: sitk.Image, moving: sitk.Image, tx: sitk.Transform, cfg: RegisterConfig) -> float:
-    """Mattes MI (SimpleITK's sign: lower is better) of ``moving`` under ``tx`` against ``fixed``."""
+class RegistrationQCError(VCEInputError):
+    """A registration failed QC and ``register.on_failure`` is ``stop``."""
+
+
+def qc_columns() -> list[str]:
+    """The columns of ``qc.csv``, in order."""
+    return list(QC_PATIENT_COLUMNS) + [f"{m}_{f}" for m in MOVING for f in QC_MODALITY_FIELDS]
+
+
+# ------------------------------------------------------------------------------------------------
+# registration
+
+
+def registration_mask(fixed: sitk.Image) -> sitk.Image:
+    """Body mask of the fixed image (:func:`body_mask`), dilated by one voxel so the head's edge counts (uint8)."""
+    m = sitk.GetImageFromArray(body_mask(sitk.GetArrayViewFromImage(fixed)).astype(np.uint8))
+    m.CopyInformation(fixed)
+    return sitk.BinaryDilate(m, [1, 1, 1])
+
+
+def _metric(
+    fixed: sitk.Image, moving: sitk.Image, tx: sitk.Transform, cfg: RegisterConfig, mask: sitk.Image | None = None
+) -> float:
+    """Mattes MI (SimpleITK's sign: lower is better) of ``moving`` under ``tx``, all fixed voxels (in ``mask``)."""
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.histogram_bins)
     reg.SetMetricSamplingStrategy(reg.NONE)
     reg.SetInterpolator(sitk.sitkLinear)
+    if mask is not None:
+        reg.SetMetricFixedMask(mask)
     reg.SetInitialTransform(tx, inPlace=False)
     return float(reg.MetricEvaluate(fixed, moving))
 
 
-def register_rigid(fixed: sitk.Image, moving: sitk.Image, cfg: RegisterConfig, seed: int = 0) -> sitk.Euler3DTransform:
+def itk_seed(seed: int) -> int:
+    """SimpleITK sampling seed for ``seed``: never 0 (0 = sitkWallClock, i.e. not reproducible)."""
+    return int(seed) % 2147483646 + 1
+
+
+def register_rigid(
+    fixed: sitk.Image, moving: sitk.Image, cfg: RegisterConfig, seed: int = 0, mask: sitk.Image | None = None
+) -> sitk.Euler3DTransform:
     """Rigid transform mapping ``fixed`` physical points to ``moving`` points (resampling convention).
 
-    Centred geometric initialisation, Mattes MI with random sampling (seeded), regular-step
-    gradient descent with physical-shift scaling, pyramid ``cfg.shrink_factors`` /
-    ``cfg.smoothing_sigmas_mm``.
+    Centred geometric initialisation, Mattes MI with random sampling (seeded) inside ``mask``
+    (optional, on the fixed grid), regular-step gradient descent with physical-shift scaling,
+    pyramid ``cfg.shrink_factors`` / ``cfg.smoothing_sigmas_mm``.
     """
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
@@ -59,7 +108,9 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, cfg: RegisterConfig, s
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.histogram_bins)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(cfg.sampling_fraction, seed)
+    reg.SetMetricSamplingPercentage(cfg.sampling_fraction, itk_seed(seed))
+    if mask is not None:
+        reg.SetMetricFixedMask(mask)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=1e-4, numberOfIterations=cfg.iterations, relaxationFactor=0.6
@@ -75,113 +126,355 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, cfg: RegisterConfig, s
     return sitk.Euler3DTransform(comp.GetNthTransform(comp.GetNumberOfTransforms() - 1))
 
 
-def target_registration_error(
-    fixed: sitk.Image, estimated: sitk.Transform, true: sitk.Transform, body: np.ndarray, n_points: int = 2000
-) -> dict[str, float]:
-    """Distances (mm) between ``estimated`` and ``true`` images of points inside ``body`` of ``fixed``.
+def bspline_mesh_size(fixed: sitk.Image, grid_spacing_mm: float) -> list[int]:
+    """B-spline mesh size (x, y, z): physical extent / control-point spacing, at least 1."""
+    return [max(1, int(round(n * s / grid_spacing_mm))) for n, s in zip(fixed.GetSize(), fixed.GetSpacing())]
 
-    ``body`` is a (z, y, x) boolean array on the ``fixed`` grid; points are a deterministic
-    subsample of its voxels.
+
+def register_bspline(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    rigid: sitk.Transform,
+    cfg: RegisterConfig,
+    seed: int = 0,
+    mask: sitk.Image | None = None,
+) -> sitk.BSplineTransform:
+    """Cubic B-spline ``B`` (over ``fixed``'s domain) such that ``rigid o B`` aligns ``moving`` to ``fixed``.
+
+    ``rigid`` is the moving initial transform (kept fixed); Mattes MI, random sampling
+    ``cfg.bspline_sampling_fraction`` (seeded) inside ``mask``, regular-step gradient descent, pyramid
+    ``cfg.bspline_shrink_factors`` / ``cfg.bspline_smoothing_sigmas_mm``.
     """
-    idx = np.argwhere(body)
-    if len(idx) == 0:
-        return {"tre_mean_mm": float("nan"), "tre_p95_mm": float("nan")}
-    step = max(1, len(idx) // n_points)
-    d = []
-    for z, y, x in idx[::step]:
-        p = fixed.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
-        d.append(np.linalg.norm(np.subtract(estimated.TransformPoint(p), true.TransformPoint(p))))
-    d = np.asarray(d)
-    return {"tre_mean_mm": float(d.mean()), "tre_p95_mm": float(np.percentile(d, 95))}
+    fixed = sitk.Cast(fixed, sitk.sitkFloat32)
+    moving = sitk.Cast(moving, sitk.sitkFloat32)
+    bs = sitk.BSplineTransformInitializer(fixed, bspline_mesh_size(fixed, cfg.bspline_grid_spacing_mm), 3)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.histogram_bins)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(cfg.bspline_sampling_fraction, itk_seed(seed))
+    if mask is not None:
+        reg.SetMetricFixedMask(mask)
+    reg.SetInterpolator(sitk.sitkLinear)
+    # All parameters are displacements in mm (unit scales); a regular-step descent moves the
+    # coefficient vector by at most ``learningRate`` mm per step, halving it on reversals, so
+    # a noisy sampled metric cannot throw the spline far (L-BFGS-B diverged on such metrics).
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=0.01, numberOfIterations=cfg.bspline_iterations, relaxationFactor=0.5
+    )
+    reg.SetOptimizerScales([1.0] * bs.GetNumberOfParameters())
+    reg.SetShrinkFactorsPerLevel(list(cfg.bspline_shrink_factors))
+    reg.SetSmoothingSigmasPerLevel(list(cfg.bspline_smoothing_sigmas_mm))
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    reg.SetMovingInitialTransform(rigid)
+    reg.SetInitialTransform(bs, inPlace=True)
+    reg.Execute(fixed, moving)
+    return bs
 
 
-def transform_to_dict(tx: sitk.Euler3DTransform) -> dict[str, Any]:
-    return {
-        "transform": "Euler3DTransform",
-        "center_mm": list(tx.GetCenter()),
-        "rotation_rad": [tx.GetAngleX(), tx.GetAngleY(), tx.GetAngleZ()],
-        "translation_mm": list(tx.GetTranslation()),
-    }
+def register_image(
+    fixed: sitk.Image, moving: sitk.Image, cfg: RegisterConfig, seed: int = 0, mask: sitk.Image | None = None
+) -> sitk.CompositeTransform:
+    """The full T2->modality transform ``CompositeTransform([R, B])`` (``[R]`` when ``cfg.bspline`` is off).
 
-
-def transform_from_dict(d: dict[str, Any]) -> sitk.Euler3DTransform:
-    tx = sitk.Euler3DTransform()
-    tx.SetCenter([float(v) for v in d["center_mm"]])
-    tx.SetRotation(*[float(v) for v in d["rotation_rad"]])
-    tx.SetTranslation([float(v) for v in d["translation_mm"]])
+    ``mask`` defaults to :func:`registration_mask` of ``fixed`` when ``cfg.use_mask``.
+    """
+    fixed = sitk.Cast(fixed, sitk.sitkFloat32)
+    moving = sitk.Cast(moving, sitk.sitkFloat32)
+    if mask is None and cfg.use_mask:
+        mask = registration_mask(fixed)
+    rigid = register_rigid(fixed, moving, cfg, seed=seed, mask=mask)
+    tx = sitk.CompositeTransform(3)
+    tx.AddTransform(rigid)
+    if cfg.bspline:
+        tx.AddTransform(register_bspline(fixed, moving, rigid, cfg, seed=seed, mask=mask))
     return tx
 
 
-def register_patient(patient_dir: str | Path, out_dir: str | Path, cfg: RegisterConfig, seed: int = 0) -> dict[str, Any]:
-    """Register one patient's T1 and T1C onto its T2; write the outputs into ``out_dir`` (must not exist)."""
+# ------------------------------------------------------------------------------------------------
+# QC
+
+
+def displacement(tx: sitk.Transform, ref: sitk.Image) -> np.ndarray:
+    """``tx(p) - p`` at every voxel centre of ``ref``: (z, y, x, 3) float64, mm."""
+    f = sitk.TransformToDisplacementField(
+        tx, sitk.sitkVectorFloat64, ref.GetSize(), ref.GetOrigin(), ref.GetSpacing(), ref.GetDirection()
+    )
+    return sitk.GetArrayFromImage(f)
+
+
+def jacobian_range(tx: sitk.Transform, ref: sitk.Image, body: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the Jacobian determinant of ``tx`` over the voxels ``body`` (z, y, x bool) of ``ref``.
+
+    ``sitk.DisplacementFieldJacobianDeterminant`` of the dense displacement field on the ``ref``
+    grid (central differences, computed on a grid padded by one voxel); a rigid part contributes det = 1, so this is the B-spline's
+    local volume change. min <= 0 means the transform folds.
+    """
+    # one voxel of padding on every side, so the border voxels get central differences too
+    origin = np.asarray(ref.GetOrigin()) - np.asarray(ref.GetDirection()).reshape(3, 3) @ np.asarray(ref.GetSpacing())
+    size = [n + 2 for n in ref.GetSize()]
+    f = sitk.TransformToDisplacementField(
+        tx, sitk.sitkVectorFloat64, size, [float(v) for v in origin], ref.GetSpacing(), ref.GetDirection()
+    )
+    jac = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(f))[1:-1, 1:-1, 1:-1]
+    vals = jac[body] if body.any() else jac.ravel()
+    return float(vals.min()), float(vals.max())
+
+
+def target_registration_error(
+    fixed: sitk.Image, estimated: sitk.Transform, true: sitk.Transform, body: np.ndarray
+) -> dict[str, float]:
+    """Distances (mm) between ``estimated(p)`` and ``true(p)`` over all voxel centres ``p`` in ``body``.
+
+    ``body`` is a (z, y, x) boolean array on the ``fixed`` grid. Returns mean and 95th percentile.
+    """
+    if not body.any():
+        return {"tre_mean_mm": float("nan"), "tre_p95_mm": float("nan")}
+    d = np.linalg.norm(displacement(estimated, fixed)[body] - displacement(true, fixed)[body], axis=1)
+    return {"tre_mean_mm": float(d.mean()), "tre_p95_mm": float(np.percentile(d, 95))}
+
+
+def qc_failures(qc: dict[str, Any], cfg: RegisterConfig) -> list[str]:
+    """Reasons (human-readable) why a patient's registrations fail QC; empty when it passes."""
+    out = []
+    for mod in MOVING:
+        if f"{mod}_jac_min" in qc and not qc[f"{mod}_jac_min"] > cfg.min_jacobian:
+            out.append(f"{mod}: Jacobian determinant min {qc[f'{mod}_jac_min']:.3g} <= {cfg.min_jacobian:g} (folding)")
+        if f"{mod}_mi_after" in qc and not qc[f"{mod}_mi_after"] - qc[f"{mod}_mi_before"] <= cfg.max_metric_increase:
+            out.append(
+                f"{mod}: Mattes MI got worse ({qc[f'{mod}_mi_before']:.4f} -> {qc[f'{mod}_mi_after']:.4f}, lower is better)"
+            )
+        tre = qc.get(f"{mod}_tre_p95_mm")
+        if tre is not None and math.isfinite(tre) and tre > cfg.max_tre_mm:
+            out.append(f"{mod}: TRE p95 {tre:.2f} mm > max_tre_mm {cfg.max_tre_mm:g} mm")
+    return out
+
+
+def _norm01(a: np.ndarray) -> np.ndarray:
+    hi = float(np.percentile(a, 99.5)) or 1.0
+    return np.clip(a / hi, 0.0, 1.0)
+
+
+def _checkerboard(a: np.ndarray, b: np.ndarray, tile: int) -> np.ndarray:
+    yy, xx = np.indices(a.shape)
+    return np.where(((yy // tile) + (xx // tile)) % 2 == 0, _norm01(a), _norm01(b))
+
+
+def _edges(a: np.ndarray) -> np.ndarray:
+    gy, gx = np.gradient(_norm01(a))
+    g = np.hypot(gx, gy)
+    return g > np.percentile(g, 90)
+
+
+def write_qc_png(path: str | Path, t2: np.ndarray, before: dict[str, np.ndarray], after: dict[str, np.ndarray], pid: str) -> None:
+    """PNG for a person to judge: per moving modality, checkerboard with T2 before / after, edges over T2.
+
+    ``t2`` and the modality volumes are (z, y, x) arrays on the T2 grid; the slice shown is the
+    one with the largest body area.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    body = body_mask(t2)
+    k = int(np.argmax(body.reshape(len(body), -1).sum(1)))
+    tile = max(4, t2.shape[2] // 8)
+    fig = Figure(figsize=(7.5, 2.5 * len(after) + 0.3))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(after), 3, squeeze=False)
+    for r, mod in enumerate(after):
+        panels = (
+            (_checkerboard(t2[k], before[mod][k], tile), f"T2 | {mod} before"),
+            (_checkerboard(t2[k], after[mod][k], tile), f"T2 | {mod} registered"),
+            (None, f"{mod} edges on T2"),
+        )
+        for c, (img, title) in enumerate(panels):
+            ax = axes[r][c]
+            if img is None:
+                ax.imshow(_norm01(t2[k]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                rgba = np.zeros(t2[k].shape + (4,), dtype=np.float32)
+                rgba[..., 0] = 1.0
+                rgba[..., 3] = 0.8 * _edges(after[mod][k])
+                ax.imshow(rgba, interpolation="nearest")
+            else:
+                ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"{pid}, slice z={k}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(str(path), format="png", dpi=72, metadata={"Software": None})
+
+
+# ------------------------------------------------------------------------------------------------
+# one patient
+
+
+def _register_modality(
+    fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image | None, body: np.ndarray, truth: sitk.Transform | None,
+    cfg: RegisterConfig, seed: int,
+) -> tuple[sitk.Transform, sitk.Image, dict[str, float]]:
+    """Register one modality; returns (transform, moving resampled onto ``fixed``, QC fields without prefix)."""
+    identity = sitk.Euler3DTransform()
+    qc: dict[str, float] = {"mi_before": _metric(fixed, moving, identity, cfg, mask)}
+    tx = register_image(fixed, moving, cfg, seed=seed, mask=mask)
+    qc["mi_after"] = _metric(fixed, moving, tx, cfg, mask)
+    qc["jac_min"], qc["jac_max"] = jacobian_range(tx, fixed, body)
+    if truth is not None:
+        tre = target_registration_error(fixed, tx, truth, body)
+        tre0 = target_registration_error(fixed, identity, truth, body)
+        qc.update(tre)
+        qc["motion_mean_mm"], qc["motion_p95_mm"] = tre0["tre_mean_mm"], tre0["tre_p95_mm"]
+    resampled = sitk.Resample(moving, fixed, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return tx, resampled, qc
+
+
+def _read_truth(patient_dir: Path) -> dict[str, sitk.Transform]:
+    """True T2->modality transforms of a synthetic patient (motion.json), {} when absent."""
+    f = patient_dir / "motion.json"
+    if not f.is_file():
+        return {}
+    from ..synth.motion import read_true_transform
+
+    try:
+        entries = json.loads(f.read_text())
+        return {m: read_true_transform(patient_dir, entries[m]) for m in MOVING if m in entries}
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise VCEInputError(f"{f}: cannot read the true motion of patient {patient_dir.name}: {exc}") from exc
+
+
+def register_patient(
+    patient_dir: str | Path, out_dir: str | Path, cfg: RegisterConfig, seed: int = 0, threads: int = 1
+) -> dict[str, Any]:
+    """Register one patient's T1 and T1C onto its T2; write the outputs into ``out_dir`` (must not exist).
+
+    ``threads`` > 1 runs the two modalities concurrently (each registration single-threaded,
+    so the result does not depend on it). Returns the QC row (also ``out_dir/qc.json``) with
+    ``status`` ``ok`` or ``failed`` and the ``reason``; outputs are written either way.
+    """
+    t0 = time.perf_counter()
     patient_dir, out_dir = Path(patient_dir), Path(out_dir)
     pid = patient_dir.name
     t2 = read_volume(patient_dir / PATIENT_FILES["T2"], what=f"T2 of patient {pid}")
     fixed = sitk.Cast(t2, sitk.sitkFloat32)
     body = body_mask(sitk.GetArrayViewFromImage(fixed))
-    truth = None
-    if (patient_dir / "motion.json").is_file():
-        truth = json.loads((patient_dir / "motion.json").read_text())
+    mask = registration_mask(fixed) if cfg.use_mask else None
+    truth = _read_truth(patient_dir)
+    moving = {
+        m: sitk.Cast(read_volume(patient_dir / PATIENT_FILES[m], what=f"{m} of patient {pid}"), sitk.sitkFloat32)
+        for m in MOVING
+    }
+    jobs = {m: (fixed, moving[m], mask, body, truth.get(m), cfg, seed) for m in MOVING}
+    if threads > 1 and cfg.parallel_modalities:
+        with ThreadPoolExecutor(max_workers=len(MOVING)) as ex:
+            futures = {m: ex.submit(_register_modality, *a) for m, a in jobs.items()}
+            results = {m: f.result() for m, f in futures.items()}
+    else:
+        results = {m: _register_modality(*a) for m, a in jobs.items()}
+
     out_dir.mkdir(parents=True)
     write_volume(fixed, out_dir / PATIENT_FILES["T2"])
     qc: dict[str, Any] = {"patient": pid}
     transforms: dict[str, Any] = {}
-    for mod in MOVING:
-        moving = sitk.Cast(read_volume(patient_dir / PATIENT_FILES[mod], what=f"{mod} of patient {pid}"), sitk.sitkFloat32)
-        identity = sitk.Euler3DTransform()
-        before = _metric(fixed, moving, identity, cfg)
-        tx = register_rigid(fixed, moving, cfg, seed=seed)
-        after = _metric(fixed, moving, tx, cfg)
-        resampled = sitk.Resample(moving, fixed, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    for mod, (tx, resampled, q) in results.items():
         write_volume(resampled, out_dir / PATIENT_FILES[mod])
-        transforms[mod] = transform_to_dict(tx)
-        qc[f"{mod}_mi_before"] = before
-        qc[f"{mod}_mi_after"] = after
-        if truth and mod in truth:
-            true_tx = transform_from_dict(truth[mod])
-            tre = target_registration_error(fixed, tx, true_tx, body)
-            tre0 = target_registration_error(fixed, identity, true_tx, body)
-            qc[f"{mod}_tre_mean_mm"] = tre["tre_mean_mm"]
-            qc[f"{mod}_tre_p95_mm"] = tre["tre_p95_mm"]
-            qc[f"{mod}_motion_mean_mm"] = tre0["tre_mean_mm"]
+        sitk.WriteTransform(tx, str(out_dir / f"transform_{mod}.tfm"))
+        rigid = sitk.Euler3DTransform(tx.GetNthTransform(0))
+        transforms[mod] = {
+            "file": f"transform_{mod}.tfm",
+            "transform": "CompositeTransform (Euler3DTransform o BSplineTransform)" if cfg.bspline else "CompositeTransform (Euler3DTransform)",
+            "convention": "maps T2 physical points to this modality's points (SimpleITK resampling, fixed=T2); T(p) = R(p + d(p))",
+            "rigid": {
+                "center_mm": list(rigid.GetCenter()),
+                "rotation_rad": [rigid.GetAngleX(), rigid.GetAngleY(), rigid.GetAngleZ()],
+                "translation_mm": list(rigid.GetTranslation()),
+            },
+        }
+        qc.update({f"{mod}_{k}": v for k, v in q.items()})
     mask_path = patient_dir / PATIENT_FILES["mask"]
     if mask_path.is_file():
-        mask = read_volume(mask_path, what=f"tumour mask of patient {pid}", allow_constant=True)
-        if mask.GetSize() != fixed.GetSize():
-            raise VCEInputError(f"{mask_path}: tumour mask size {mask.GetSize()} != T2 size {fixed.GetSize()}")
-        write_volume(sitk.Cast(mask, sitk.sitkUInt8), out_dir / PATIENT_FILES["mask"])
+        tmask = read_volume(mask_path, what=f"tumour mask of patient {pid}", allow_constant=True)
+        if tmask.GetSize() != fixed.GetSize():
+            raise VCEInputError(f"{mask_path}: tumour mask size {tmask.GetSize()} != T2 size {fixed.GetSize()}")
+        write_volume(sitk.Cast(tmask, sitk.sitkUInt8), out_dir / PATIENT_FILES["mask"])
+    if cfg.qc_png:
+        arr = sitk.GetArrayViewFromImage
+        before = {m: sitk.GetArrayFromImage(sitk.Resample(moving[m], fixed, sitk.Transform(), sitk.sitkLinear, 0.0)) for m in MOVING}
+        write_qc_png(out_dir / "qc.png", np.asarray(arr(fixed)), before, {m: sitk.GetArrayFromImage(results[m][1]) for m in MOVING}, pid)
+    reasons = qc_failures(qc, cfg)
+    qc["status"] = "failed" if reasons else "ok"
+    qc["reason"] = "; ".join(reasons)
+    qc["seconds"] = round(time.perf_counter() - t0, 3)
     write_json(out_dir / "transforms.json", transforms)
     write_json(out_dir / "qc.json", qc)
-    logger.info("registered %s: %s", pid, {k: round(v, 3) for k, v in qc.items() if k != "patient"})
+    logger.info(
+        "registered %s (%s%s): %s", pid, qc["status"], f": {qc['reason']}" if reasons else "",
+        {k: round(v, 3) for k, v in qc.items() if isinstance(v, float)},
+    )
     return qc
 
 
-def _register_one(args: tuple[str, str, RegisterConfig, int]) -> dict[str, Any]:
+def _register_one(args: tuple[str, str, RegisterConfig, int, int]) -> dict[str, Any]:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # deterministic metric sums
     return register_patient(*args)
 
 
 def register_cohort(
-    raw_dir: str | Path, out_dir: str | Path, cfg: RegisterConfig, seed: int = 0, workers: int = 1
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    cfg: RegisterConfig,
+    seed: int = 0,
+    workers: int = 1,
+    patients: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Register every patient of ``raw_dir`` into ``out_dir`` (atomic: complete or absent).
+    """Register every patient of ``raw_dir`` (or only ``patients``) into ``out_dir`` (atomic: complete or absent).
 
-    Patients run in ``workers`` processes, each single-threaded so results are deterministic.
-    Returns the QC table (also written to ``<out_dir>/qc.csv``).
+    Patients run in ``workers`` processes; within a patient T1 and T1C run in two threads when
+    there are at least twice as many cores as workers. Every registration is single-threaded,
+    so results are deterministic. Patients failing QC are removed from the output and listed in
+    ``excluded.json`` (``cfg.on_failure == "exclude"``) or raise :class:`RegistrationQCError`
+    naming them (``"stop"``; nothing is written). Returns the QC table (also ``<out_dir>/qc.csv``,
+    one row per patient, failed ones included, columns :func:`qc_columns`).
     """
     raw_dir = Path(raw_dir)
     pids = list_patients(raw_dir)
-    logger.info("registering %d patients from %s with %d worker(s)", len(pids), raw_dir, workers)
+    if patients:
+        unknown = [p for p in patients if check_patient_id(p) not in pids]
+        if unknown:
+            raise VCEInputError(f"{raw_dir}: no patient(s) {', '.join(unknown)}")
+        pids = [p for p in pids if p in set(patients)]
+    workers = max(1, min(int(workers), len(pids)))
+    threads = 2 if (os.cpu_count() or 1) >= 2 * workers else 1
+    logger.info("registering %d patients from %s with %d worker(s) x %d thread(s)", len(pids), raw_dir, workers, threads)
     with atomic_dir(out_dir) as tmp:
-        jobs = [(str(raw_dir / p), str(tmp / p), cfg, seed) for p in pids]
+        jobs = [(str(raw_dir / p), str(tmp / p), cfg, seed, threads) for p in pids]
         if workers > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 rows = list(pool.map(_register_one, jobs))
         else:
             rows = [_register_one(j) for j in jobs]
+        failed = {r["patient"]: r["reason"] for r in rows if r["status"] != "ok"}
+        if failed and cfg.on_failure == "stop":
+            raise RegistrationQCError(
+                "registration QC failed (register.on_failure: stop) for "
+                + "; ".join(f"patient {p}: {why}" for p, why in failed.items())
+            )
+        for p in failed:
+            shutil.rmtree(tmp / p)
+            logger.warning("patient %s excluded from the registered cohort: %s", p, failed[p])
+        for r in rows:
+            if r["status"] != "ok":
+                r["status"] = "excluded"
         table = pd.DataFrame(rows)
+        table = table.reindex(columns=qc_columns() + [c for c in table.columns if c not in qc_columns()])
         table.to_csv(tmp / "qc.csv", index=False, float_format="%.6g")
+        write_json(tmp / "excluded.json", failed)
         for f in ("cohort.json",):
             if (raw_dir / f).is_file():
                 shutil.copy2(raw_dir / f, tmp / f)
     return table
+
+
+__all__ = [
+    "MOVING", "RegistrationQCError", "body_mask", "jacobian_range", "qc_columns", "qc_failures", "register_bspline",
+    "register_cohort", "register_image", "register_patient", "register_rigid", "target_registration_error",
+    "write_qc_png",
+]

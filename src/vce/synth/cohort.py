@@ -81,6 +81,10 @@ def validate(cfg: SynthConfig, seed: int = 0, workers: int = 1) -> None:
         raise ValueError(f"synth.max_rotation_deg must be in [0, 30], got {cfg.max_rotation_deg!r}")
     if not finite(cfg.max_translation_mm) or not 0 <= cfg.max_translation_mm <= 50:
         raise ValueError(f"synth.max_translation_mm must be in [0, 50], got {cfg.max_translation_mm!r}")
+    if not finite(cfg.max_nonrigid_mm) or not 0 <= cfg.max_nonrigid_mm <= 10:
+        raise ValueError(f"synth.max_nonrigid_mm must be in [0, 10], got {cfg.max_nonrigid_mm!r}")
+    if not finite(cfg.nonrigid_grid_spacing_mm) or not 20 <= cfg.nonrigid_grid_spacing_mm <= 500:
+        raise ValueError(f"synth.nonrigid_grid_spacing_mm must be in [20, 500], got {cfg.nonrigid_grid_spacing_mm!r}")
     for name in ("snr_t1", "snr_t2", "snr_t1c"):
         v = getattr(cfg, name)
         if not finite(v) or v <= 0:
@@ -145,6 +149,7 @@ class PatientResult:
     motion: dict[str, dict[str, Any]]
     summary: dict[str, Any]
     maps: dict[str, np.ndarray] | None = None  # per scan: dominant-compartment label (z, y, x)
+    motion_transforms: dict[str, sitk.Transform] | None = None  # "T1", "T1C": true T2->scan transform M
 
 
 def _compartments(fr: np.ndarray, q: np.ndarray, lesions, tubes) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -234,8 +239,14 @@ def synthesize_patient(
     motions = {
         m: motion_mod.random_rigid(r_mot, centre, cfg.max_rotation_deg, cfg.max_translation_mm) for m in ("T1", "T1C")
     }
+    nonrigid: dict[str, sitk.BSplineTransform | None] = {m: None for m in motions}
+    if float(cfg.max_nonrigid_mm) > 0:  # drawn after both rigid parts: the rigid draws do not depend on it
+        nonrigid = {
+            m: motion_mod.random_bspline(r_mot, ref, cfg.max_nonrigid_mm, cfg.nonrigid_grid_spacing_mm) for m in motions
+        }
     if not motion:
         motions = {m: motion_mod.identity_rigid(centre) for m in motions}
+        nonrigid = {m: None for m in motions}
 
     nsub = subsampling(cfg.spacing_mm)
     fine, pts = _fine_grid(ref, nsub)
@@ -250,9 +261,16 @@ def synthesize_patient(
         m = motions.get(scan)
         if m is None:
             tr, q = deformation, pts
-        else:
+        elif nonrigid[scan] is None:
             tr = sitk.CompositeTransform([deformation, m.GetInverse()])
             q = motion_mod.apply_inverse(m, pts)
+        else:
+            # q = M^-1(y) at the fine-grid points y; SimpleITK samples the atlas through a
+            # displacement field holding q - y at exactly those grid nodes.
+            q = motion_mod.apply_inverse_nonrigid(m, nonrigid[scan], pts)
+            disp = sitk.GetImageFromArray((q - pts).reshape(tuple(fine.GetSize()[::-1]) + (3,)), isVector=True)
+            disp.CopyInformation(fine)
+            tr = sitk.CompositeTransform([deformation, sitk.DisplacementFieldTransform(disp)])
         fr = sitk.GetArrayFromImage(sitk.Resample(vec_img, fine, tr, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32))
         fr = fr.reshape(-1, len(CHANNELS))
         frac, uptake = _compartments(fr, q, lesions, tubes)
@@ -306,8 +324,9 @@ def synthesize_patient(
         "vessels": vessel_info,
         "scanner": scanner,
     }
-    motion_json = {m: motion_mod.rigid_to_dict(t) for m, t in motions.items()}
-    return PatientResult(pid, images, motion_json, summary, maps if return_maps else None)
+    motion_json = {m: motion_mod.motion_entry(t, nonrigid[m], m) for m, t in motions.items()}
+    motion_tx = {m: motion_mod.composite(t, nonrigid[m]) for m, t in motions.items()}
+    return PatientResult(pid, images, motion_json, summary, maps if return_maps else None, motion_tx)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -320,6 +339,8 @@ def _write_patient(root: Path, res: PatientResult) -> None:
     for key, fname in PATIENT_FILES.items():
         write_volume(res.images[key], d / fname)
     write_json(d / "motion.json", res.motion)
+    for m, tx in (res.motion_transforms or {}).items():
+        sitk.WriteTransform(tx, str(d / motion_mod.transform_file_name(m)))
 
 
 def _montage_slices(res: PatientResult) -> dict[str, np.ndarray]:
