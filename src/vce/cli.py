@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warn when T1/T1C physical extent differs from T2's by more than this fraction (default: 0.2)")
     _common(p)
 
-    p = sub.add_parser("register", help="register T1 and T1C onto the T2 grid (rigid, Mattes MI)")
+    p = sub.add_parser("register", help="register T1 and T1C onto the T2 grid (rigid + B-spline, Mattes MI, QC; docs/registration.md)")
     p.add_argument("--raw", default="data", help="raw cohort directory (default: data)")
     p.add_argument("--out", default=str(OUT / "registered"))
     p.add_argument("--workers", type=int, default=None)

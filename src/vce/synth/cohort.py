@@ -5,8 +5,8 @@ Patient ``i`` depends only on ``(seed, i)``: every random draw comes from
 vessels, texture, motion and scanner), so the cohort is bit-for-bit reproducible and patients can
 be simulated in any order or in parallel.
 
-Per scan the pipeline is: atlas tissue fractions -> patient deformation D -> rigid motion M of the
-scan (T2: none) resampled by SimpleITK onto the acquisition grid (sub-sampled through the slice
+Per scan the pipeline is: atlas tissue fractions -> patient deformation D -> motion M (rigid + smooth
+B-spline, see motion.py) of the scan (T2: none) resampled by SimpleITK onto the acquisition grid (sub-sampled through the slice
 thickness), lesions and vessels evaluated analytically at the same patient-space points, signal
 equation per compartment mixed by volume fraction, slice-profile average, bias field, Rician
 noise, 12-bit gain.
