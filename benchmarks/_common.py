@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["THREADS", "TotalFlopCounter", "set_threads", "time_calls", "time_interleaved", "count_flops", "conv_peak", "gflops"]
+__all__ = ["THREADS", "TotalFlopCounter", "set_threads", "conv_step", "time_calls", "time_interleaved", "count_flops", "conv_peak", "gflops"]
 
 THREADS = 2
 
@@ -111,6 +111,25 @@ def gflops(flops: float, seconds: float) -> float:
 PEAK_SHAPES = ((8, 128, 64), (8, 64, 96))
 
 
+def conv_step(n: int, c: int, s: int, backward: bool = True) -> tuple[Callable[[], None], int]:
+    """A (n, c, s, s) * (c, c, 3, 3) stride-1 convolution (+ its input and weight gradients if
+    ``backward``) as a callable, and its FLOPs."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, s, s, generator=gen).requires_grad_(backward)
+    w = (torch.randn(c, c, 3, 3, generator=gen) * 0.05).requires_grad_(backward)
+
+    def step() -> None:
+        if backward:
+            F.conv2d(x, w, padding=1).sum().backward()
+            x.grad = None
+            w.grad = None
+        else:
+            with torch.no_grad():
+                F.conv2d(x, w, padding=1)
+
+    return step, count_flops(step)
+
+
 def conv_peak(repeats: int = 5, backward: bool = True, shapes: tuple[tuple[int, int, int], ...] = PEAK_SHAPES) -> dict[str, Any]:
     """This machine's achieved convolution throughput at the current thread count.
 
@@ -119,20 +138,9 @@ def conv_peak(repeats: int = 5, backward: bool = True, shapes: tuple[tuple[int, 
     FLOPs come from :func:`count_flops`; the peak is the best (minimum-time) of ``repeats``
     runs of the best shape. ``shapes``: (batch, channels, size) triples (the tests use tiny ones). Returns ``{"gflops_per_s", "shape", "flops", "best_s", "per_shape"}``.
     """
-    gen = torch.Generator().manual_seed(0)
     per_shape = {}
     for n, c, s in shapes:
-        x = torch.randn(n, c, s, s, generator=gen).requires_grad_(backward)
-        w = (torch.randn(c, c, 3, 3, generator=gen) * 0.05).requires_grad_(backward)
-
-        def step() -> None:
-            out = F.conv2d(x, w, padding=1)
-            if backward:
-                out.sum().backward()
-                x.grad = None
-                w.grad = None
-
-        flops = count_flops(step)
+        step, flops = conv_step(n, c, s, backward)
         t = time_calls(step, repeats, warmup=1)
         per_shape[f"{n}x{c}x{s}x{s}"] = {"flops": flops, "best_s": t["min_s"], "gflops_per_s": gflops(flops, t["min_s"])}
     best = max(per_shape, key=lambda k: per_shape[k]["gflops_per_s"])

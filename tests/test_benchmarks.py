@@ -104,9 +104,9 @@ def test_pix2pix_reference_shapes():
     assert D(torch.randn(1, 3, 192, 192)).shape == (1, 1, 22, 22)  # 192/8 - 2: the 70x70 PatchGAN
 
 
-@pytest.mark.slow  # ~10 s of CPU; the runner and FLOP counting are covered by the fast tests
 def test_bench_train_tiny(monkeypatch):
     monkeypatch.setattr(bench_train, "conv_peak", lambda repeats: _common.conv_peak(1, shapes=TINY_PEAK))
+    monkeypatch.setattr(bench_train, "PEAK_SHAPES", TINY_PEAK)
     res = bench_train.run(True, image_size=32, batch=2, base=4, num_downs=5, ndf=8, repeats=1)
     json.dumps(res)
     assert res["setting"]["image_size"] == 32 and res["setting"]["threads"] == 2
@@ -122,9 +122,12 @@ def test_bench_train_tiny(monkeypatch):
 
 def test_bench_inference_tiny(monkeypatch):
     monkeypatch.setattr(bench_inference, "conv_peak", lambda repeats, backward: _common.conv_peak(1, backward, TINY_PEAK))
+    monkeypatch.setattr(bench_inference, "PEAK_SHAPES", TINY_PEAK)
     res = bench_inference.run(True, image_size=32, n_slices=4, batch=2, base=4, repeats=1)
     json.dumps(res)
     assert res["volume"]["shape_zyx"] == [4, 32, 32]
+    peak = res["conv_peak_forward"]
+    assert peak["gflops_per_s"] == max(peak["standalone_gflops_per_s"], peak["interleaved_gflops_per_s"])
     assert res["generator_batch"]["slices_per_s"] > 0 and 0 <= res["volume"]["overhead_fraction"] <= 1
 
 
