@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from vce.cli import main
+from vce.io.images import preserve_locale
 from vce.io.errors import VCEInputError
 from vce.io.images import DEFAULT_RULES, SeriesRule, parse_rules, read_image
 
@@ -50,7 +51,8 @@ def write_dicom_series(folder: Path, arr: np.ndarray, description: str, number: 
             for key, v in meta.items():
                 s.SetMetaData(key, v)
             w.SetFileName(str(folder / f"IM{number:02d}_{k:04d}.dcm"))
-            w.Execute(s)
+            with preserve_locale():
+                w.Execute(s)
             k += 1
     return folder
 
@@ -225,3 +227,16 @@ def test_parse_rules():
 def test_default_rules(desc, expected):
     hits = [m for m, r in DEFAULT_RULES.items() if r.matches(f"{desc} |  | #3")]
     assert hits == ([expected] if expected else [])
+
+
+def test_dicom_io_leaves_the_locale_alone(tmp_path, tiny_cohort):
+    """GDCM switches the process to the "C" locale; reading a series must not leak that (it would
+    turn every later default-encoding ``read_text()`` ASCII-only)."""
+    import locale
+
+    from vce.io.images import read_image
+
+    before = locale.setlocale(locale.LC_ALL)
+    write_dicom_series(tmp_path / "s", _arrays(tiny_cohort)["T2"], "AX T2", 5)
+    read_image(tmp_path / "s")
+    assert locale.setlocale(locale.LC_ALL) == before

@@ -17,10 +17,12 @@ modality when ``include`` matches and ``exclude`` (if any) does not.
 
 from __future__ import annotations
 
+import contextlib
+import locale
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,6 +222,17 @@ def _sorted_files(s: DicomSeries, what: str) -> list[str]:
     return [f for _, f in sorted(keys)]
 
 
+@contextlib.contextmanager
+def preserve_locale() -> Iterator[None]:
+    """Restore the C library's locale afterwards: GDCM (SimpleITK's DICOM IO) switches the whole
+    process to the "C" locale, which would make later ``open()``/``read_text()`` calls ASCII-only."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def read_dicom_series(s: DicomSeries, *, what: str = "volume", allow_constant: bool = False) -> sitk.Image:
     """Read and check one series as a 3D ``sitk.Image`` (geometry only, no DICOM tags)."""
     files = _sorted_files(s, what)
@@ -228,7 +241,8 @@ def read_dicom_series(s: DicomSeries, *, what: str = "volume", allow_constant: b
     reader.MetaDataDictionaryArrayUpdateOff()
     reader.LoadPrivateTagsOff()
     try:
-        img = reader.Execute()
+        with preserve_locale():
+            img = reader.Execute()
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise VCEInputError(f"{s.folder}: cannot read {what} {s.label} as an image ({first})") from exc
