@@ -70,7 +70,8 @@ def test_outputs_checkpoint_and_tracker(tmp_path: Path) -> None:
 
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["variant"] == MAIN.to_dict()
-    assert ckpt["model"] == {"name": "pgmgvce", "n_modalities": 2, "base_channels": 4, "output": "sigmoid"}
+    assert ckpt["model"] == {"name": "pgmgvce", "n_modalities": 2, "base_channels": 4, "output": "sigmoid",
+                             "arch": {"depth": TINY.pgmgvce_depth}}
     assert ckpt["iterations"] == 4 and ckpt["seed"] == 3
     assert all(isinstance(v, torch.Tensor) for v in ckpt["generator"].values())
     assert all(isinstance(v, torch.Tensor) for v in ckpt["discriminator"].values())
