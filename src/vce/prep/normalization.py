@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +179,7 @@ def calibration_report(
     stats: dict[str, dict[str, dict[str, float]]],
     train_pids: list[str],
     test_pids: list[str],
-    t1c_body: dict[str, np.ndarray] | None = None,
+    t1c_body: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Out-of-sample error of the T1C calibration.
 
@@ -268,6 +269,22 @@ def calibration_report(
     return summary, table
 
 
+class _LazyMap(Mapping):
+    """Read-only mapping whose values are computed from ``keys[k]`` by ``load`` on each access."""
+
+    def __init__(self, keys: dict[str, Any], load: Callable[[Any], np.ndarray]):
+        self._keys, self._load = keys, load
+
+    def __getitem__(self, k: str) -> np.ndarray:
+        return self._load(self._keys[k])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 def normalize_split(split_dir: str | Path, out_dir: str | Path, methods: tuple[str, ...] = NORMALIZATIONS) -> dict[str, Any]:
     """Normalise the slice store of ``split_dir`` with every method in ``methods`` (atomic).
 
@@ -290,13 +307,13 @@ def normalize_split(split_dir: str | Path, out_dir: str | Path, methods: tuple[s
                 mu, sd = patient_stats(arrays[s][m][r], body)
                 stats[pid][m] = {"mu": mu, "sd": sd}
     train_pids = sorted(rows["train"])
-    t1c_body = {
-        pid: np.asarray(arrays[s]["T1C"][r], dtype=np.float64)[np.asarray(arrays[s]["body"][r], dtype=bool)]
-        for s in SPLITS
-        for pid, r in rows[s].items()
-    }
+    # one patient's T1C body voxels at a time (read from the memmapped store on access), so peak
+    # memory does not grow with the cohort
+    where = {pid: (s, r) for s in SPLITS for pid, r in rows[s].items()}
+    t1c_body = _LazyMap(
+        where, lambda sr: np.asarray(arrays[sr[0]]["T1C"][sr[1]], dtype=np.float64)[np.asarray(arrays[sr[0]]["body"][sr[1]], dtype=bool)]
+    )
     report, report_table = calibration_report(stats, train_pids, sorted(rows["test"]), t1c_body)
-    del t1c_body
     params = {
         "methods": list(methods),
         "tanh_scale": TANH_SCALE,
