@@ -28,6 +28,7 @@ from _common import PEAK_SHAPES, conv_peak, conv_step, count_flops, gflops, set_
 from vce.config import load_config  # noqa: E402
 from vce.inference import input_statistics, run_generator, synthesize_t1c  # noqa: E402
 from vce.models.factory import build_generator, output_for  # noqa: E402
+from vce.training.trainer import generator_arch  # noqa: E402
 
 VARIANT = {"model": "pgmgvce", "normalization": "sigmoid", "modalities": ["T1", "T2"]}
 
@@ -54,7 +55,8 @@ def run(short: bool, *, image_size: int | None = None, n_slices: int | None = No
     n_slices = n_slices or (11 if short else paper.synth.n_slices)
     repeats = repeats or 3
     torch.manual_seed(0)
-    G = build_generator("pgmgvce", 2, base, output_for(VARIANT["normalization"])).eval()
+    arch = generator_arch("pgmgvce", paper.train)  # the paper profile's depth
+    G = build_generator("pgmgvce", 2, base, output_for(VARIANT["normalization"]), **arch).eval()
 
     # (a) generator throughput on one batch
     x = torch.rand(batch, 2, size, size, generator=torch.Generator().manual_seed(0))

@@ -36,6 +36,7 @@ from pix2pix_reference import Pix2Pix, pix2pix_iteration  # noqa: E402
 from vce.config import load_config  # noqa: E402
 from vce.losses import lsgan_d_loss, lsgan_g_loss, pixelwise_gradient_loss, r1_penalty  # noqa: E402
 from vce.models.factory import build_discriminator, build_generator, count_parameters, output_for  # noqa: E402
+from vce.training.trainer import generator_arch  # noqa: E402
 
 IMAGE_SIZE = 192
 BATCH = 4
@@ -48,7 +49,8 @@ class PGMGVCESetup:
     """Generator, discriminator and Adam optimisers of the trainer, on ``device``."""
 
     def __init__(self, base: int, image_size: int, gp_weight: float, pg_eps: float, device: str = "cpu") -> None:
-        self.G = build_generator("pgmgvce", N_MODALITIES, base, output_for("sigmoid")).to(device)
+        arch = generator_arch("pgmgvce", load_config(profile="paper").train)  # the paper profile's depth
+        self.G = build_generator("pgmgvce", N_MODALITIES, base, output_for("sigmoid"), **arch).to(device)
         self.D = build_discriminator(N_MODALITIES, base, image_size=image_size).to(device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
