@@ -91,6 +91,33 @@ def itk_seed(seed: int) -> int:
     return int(seed) % 2147483646 + 1
 
 
+def _mi_method(
+    cfg: RegisterConfig,
+    sampling_fraction: float,
+    seed: int,
+    mask: sitk.Image | None,
+    shrink_factors: tuple[int, ...],
+    smoothing_sigmas_mm: tuple[float, ...],
+) -> sitk.ImageRegistrationMethod:
+    """Registration method shared by the rigid and B-spline stages (optimizer left to the caller).
+
+    Mattes MI with ``cfg.histogram_bins`` bins, random sampling of ``sampling_fraction`` of the
+    fixed voxels (seeded, inside ``mask`` if given), linear interpolation, and the pyramid
+    ``shrink_factors`` / ``smoothing_sigmas_mm`` (sigmas in mm).
+    """
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.histogram_bins)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(sampling_fraction, itk_seed(seed))
+    if mask is not None:
+        reg.SetMetricFixedMask(mask)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetShrinkFactorsPerLevel(list(shrink_factors))
+    reg.SetSmoothingSigmasPerLevel(list(smoothing_sigmas_mm))
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return reg
+
+
 def register_rigid(
     fixed: sitk.Image, moving: sitk.Image, cfg: RegisterConfig, seed: int = 0, mask: sitk.Image | None = None
 ) -> sitk.Euler3DTransform:
@@ -105,20 +132,11 @@ def register_rigid(
     init = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
     )
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.histogram_bins)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(cfg.sampling_fraction, itk_seed(seed))
-    if mask is not None:
-        reg.SetMetricFixedMask(mask)
-    reg.SetInterpolator(sitk.sitkLinear)
+    reg = _mi_method(cfg, cfg.sampling_fraction, seed, mask, cfg.shrink_factors, cfg.smoothing_sigmas_mm)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=1e-4, numberOfIterations=cfg.iterations, relaxationFactor=0.6
     )
     reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(list(cfg.shrink_factors))
-    reg.SetSmoothingSigmasPerLevel(list(cfg.smoothing_sigmas_mm))
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(init, inPlace=False)
     out = reg.Execute(fixed, moving)
     # Execute returns a CompositeTransform wrapping the optimised Euler3D transform.
@@ -148,13 +166,9 @@ def register_bspline(
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
     bs = sitk.BSplineTransformInitializer(fixed, bspline_mesh_size(fixed, cfg.bspline_grid_spacing_mm), 3)
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=cfg.histogram_bins)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(cfg.bspline_sampling_fraction, itk_seed(seed))
-    if mask is not None:
-        reg.SetMetricFixedMask(mask)
-    reg.SetInterpolator(sitk.sitkLinear)
+    reg = _mi_method(
+        cfg, cfg.bspline_sampling_fraction, seed, mask, cfg.bspline_shrink_factors, cfg.bspline_smoothing_sigmas_mm
+    )
     # All parameters are displacements in mm (unit scales); a regular-step descent moves the
     # coefficient vector by at most ``learningRate`` mm per step, halving it on reversals, so
     # a noisy sampled metric cannot throw the spline far (L-BFGS-B diverged on such metrics).
@@ -162,9 +176,6 @@ def register_bspline(
         learningRate=1.0, minStep=0.01, numberOfIterations=cfg.bspline_iterations, relaxationFactor=0.5
     )
     reg.SetOptimizerScales([1.0] * bs.GetNumberOfParameters())
-    reg.SetShrinkFactorsPerLevel(list(cfg.bspline_shrink_factors))
-    reg.SetSmoothingSigmasPerLevel(list(cfg.bspline_smoothing_sigmas_mm))
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetMovingInitialTransform(rigid)
     reg.SetInitialTransform(bs, inPlace=True)
     reg.Execute(fixed, moving)
