@@ -56,13 +56,13 @@ def predict_patient(
     t2_native = read_image(t2_path, what="T2", rule="T2")
     t2 = sitk.Cast(sitk.DICOMOrient(t2_native, CANONICAL_ORIENTATION), sitk.sitkFloat32)
     vols = {"T2": sitk.GetArrayFromImage(t2)}
+    if min(vols["T2"].shape[1:]) < 8:  # refuse before the (slow) registration
+        raise VCEInputError(f"{t2_path}: T2 in-plane matrix {vols['T2'].shape[1:]} is too small to synthesise from")
     # T1 is read even for T2-only variants: its statistics feed the T1C calibration
-    t1 = sitk.Cast(sitk.DICOMOrient(read_image(t1_path, what="T1", rule="T1"), CANONICAL_ORIENTATION), sitk.sitkFloat32)
+    t1 = sitk.Cast(read_image(t1_path, what="T1", rule="T1", orientation=CANONICAL_ORIENTATION), sitk.sitkFloat32)
     tx = register_image(t2, t1, _register_config(md.get("register")))
     vols["T1"] = sitk.GetArrayFromImage(sitk.Resample(t1, t2, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
     size = int(md["image_size"])
-    if min(vols["T2"].shape[1:]) < 8:
-        raise VCEInputError(f"{t2_path}: T2 in-plane matrix {vols['T2'].shape[1:]} is too small to synthesise from")
     stats = input_statistics(vols, size, float(md["min_body_fraction"]))
     t1c_stats = apply_calibration(md["calibration"], stats)
     pred = synthesize_t1c(generator, variant, vols, stats, t1c_stats, size, batch_size=batch_size)
