@@ -49,7 +49,7 @@ class RegisterConfig:
     histogram_bins: int = 32
     bspline: bool = True  # B-spline stage after the rigid one
     bspline_grid_spacing_mm: float = 50.0  # control-point spacing (mesh size = extent / spacing)
-    bspline_iterations: int = 30  # LBFGSB iterations per level
+    bspline_iterations: int = 30  # regular-step gradient descent iterations per level
     bspline_shrink_factors: tuple[int, ...] = (2, 1)
     bspline_smoothing_sigmas_mm: tuple[float, ...] = (2.0, 0.0)
     bspline_sampling_fraction: float = 0.2
