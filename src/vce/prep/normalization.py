@@ -91,6 +91,12 @@ def _features(stats: dict[str, dict[str, float]]) -> np.ndarray:
 
 
 CALIBRATION_MODELS = ("mean", "ratio", "linear")
+_N_FEATURES = 5  # length of :func:`_features`
+
+
+def _min_loo_patients(kind: str) -> int:
+    """Fewest patients for which ``kind`` has a leave-one-out fit (``linear``: more than the features)."""
+    return _N_FEATURES + 2 if kind == "linear" else 2
 
 
 def _fit_coef(X: np.ndarray, Y: np.ndarray, kind: str) -> np.ndarray:
@@ -135,7 +141,7 @@ def fit_calibration(stats: dict[str, dict[str, dict[str, float]]], pids: list[st
     n = len(pids)
     selection: dict[str, float] = {}
     if kind == "auto":
-        cands = [k for k in CALIBRATION_MODELS if n >= (X.shape[1] + 2 if k == "linear" else 2)]
+        cands = [k for k in CALIBRATION_MODELS if n >= _min_loo_patients(k)]
         if cands:
             selection = {k: _loo_error(X, Y, k) for k in cands}
             kind = min(cands, key=lambda k: selection[k])
@@ -240,7 +246,7 @@ def calibration_report(
     fixed: dict[str, dict[str, float]] = {}
     n = len(train_pids)
     for kind in CALIBRATION_MODELS:
-        if n < (7 if kind == "linear" else 2):
+        if n < _min_loo_patients(kind):
             continue
         errs = []
         for pid in train_pids:
