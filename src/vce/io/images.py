@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -86,6 +87,9 @@ class DicomSeries:
     folder: Path
     files: list[Path] = field(default_factory=list)
     patient_ids: set[str] = field(default_factory=set)  # for duplicate detection only; never logged
+    #: per file (same order as ``files``): (ImageOrientationPatient, ImagePositionPatient,
+    #: InstanceNumber) as read while listing, so sorting the slices needs no second read
+    slice_tags: list[tuple[Any, Any, Any]] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -149,6 +153,9 @@ def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
                     folder=Path(root),
                 )
             s.files.append(f)
+            s.slice_tags.append(
+                (ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("InstanceNumber", 0))
+            )
             if ds.get("PatientID"):
                 s.patient_ids.add(str(ds.PatientID))
     return sorted(series.values(), key=lambda s: (s.number if s.number is not None else 1 << 30, s.description, s.uid))
@@ -184,20 +191,15 @@ def choose_series(
 
 def _sorted_files(s: DicomSeries, what: str) -> list[str]:
     """Slice files sorted along the slice normal; refuse 4D / multi-echo / mixed-orientation series."""
-    import pydicom
-
     keys = []
     orients = set()
-    for f in s.files:
-        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_TAGS)
-        iop = ds.get("ImageOrientationPatient")
-        ipp = ds.get("ImagePositionPatient")
+    for f, (iop, ipp, instance) in zip(s.files, s.slice_tags, strict=True):
         if iop is not None and ipp is not None:
             r, c = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
             orients.add(tuple(np.round(np.r_[r, c], 3)))
             keys.append((round(float(np.dot(np.cross(r, c), np.asarray(ipp, float))), 3), str(f)))
         else:
-            keys.append((float(ds.get("InstanceNumber", 0) or 0), str(f)))
+            keys.append((float(instance or 0), str(f)))
     if len(orients) > 1:
         raise VCEInputError(f"{s.folder}: {what} {s.label} mixes {len(orients)} slice orientations (not one 3D volume)")
     positions = {k for k, _ in keys}
