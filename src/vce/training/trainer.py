@@ -266,6 +266,15 @@ def _validate(G: nn.Module, data: SliceDataset, device: torch.device, eps: float
     return {"val_mae": float(np.mean(maes)), "val_ssim": float(np.mean(ssims)), "val_pg": pg_sum / n}
 
 
+def _write_rows(path: Path, rows: list[dict[str, float]], columns: Sequence[str]) -> None:
+    """CSV ``iteration, *columns`` with one line per row, floats as ``repr`` (round-trip exact)."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["iteration", *columns])
+        for row in rows:
+            writer.writerow([row["iteration"], *(repr(float(row[k])) for k in columns)])
+
+
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
@@ -774,17 +783,9 @@ def _train(
                 torch.save(ck_last, tmp / "checkpoint.pt")
                 if ck_best is not None:
                     torch.save(ck_best, tmp / "best.pt")
-            with open(tmp / "losses.csv", "w", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["iteration", *LOSS_COLUMNS])
-                for row in rows:
-                    writer.writerow([row["iteration"], *(repr(float(row[k])) for k in LOSS_COLUMNS)])
+            _write_rows(tmp / "losses.csv", rows, LOSS_COLUMNS)
             if val_log:
-                with open(tmp / "validation.csv", "w", newline="") as fh:
-                    writer = csv.writer(fh)
-                    writer.writerow(["iteration", *VAL_COLUMNS])
-                    for row in val_log:
-                        writer.writerow([row["iteration"], *(repr(float(row[k])) for k in VAL_COLUMNS)])
+                _write_rows(tmp / "validation.csv", val_log, VAL_COLUMNS)
                 if (state_dir / "validation").is_dir():
                     shutil.copytree(state_dir / "validation", tmp / "validation")
             _write_montage(tmp / "montage.png", final_gen, data, device, f"{variant.name} ({variant.model}), {cfg.iterations} it")
