@@ -286,9 +286,7 @@ def read_image(
     if path.is_dir():
         if isinstance(rule, str):
             rule = DEFAULT_RULES.get(rule.upper(), None) or SeriesRule(rule)
-        series = list_dicom_series(path)
-        if not series:
-            raise VCEInputError(f"{path}: no DICOM image series found for {what}")
+        series = list_dicom_series(path)  # none: choose_series raises, naming the folder
         img = read_dicom_series(choose_series(series, rule if len(series) > 1 else None, where=str(path), what=what),
                                 what=what, allow_constant=allow_constant)
     else:
