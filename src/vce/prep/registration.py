@@ -373,6 +373,13 @@ def register_patient(
         m: sitk.Cast(read_volume(patient_dir / PATIENT_FILES[m], what=f"{m} of patient {pid}"), sitk.sitkFloat32)
         for m in MOVING
     }
+    # the tumour mask is checked before the (slow) registrations
+    mask_path = patient_dir / PATIENT_FILES["mask"]
+    tmask = None
+    if mask_path.is_file():
+        tmask = read_volume(mask_path, what=f"tumour mask of patient {pid}", allow_constant=True)
+        if tmask.GetSize() != fixed.GetSize():
+            raise VCEInputError(f"{mask_path}: tumour mask size {tmask.GetSize()} != T2 size {fixed.GetSize()}")
     jobs = {m: (fixed, moving[m], mask, body, truth.get(m), cfg, seed) for m in MOVING}
     if threads > 1 and cfg.parallel_modalities:
         with ThreadPoolExecutor(max_workers=len(MOVING)) as ex:
@@ -400,16 +407,12 @@ def register_patient(
             },
         }
         qc.update({f"{mod}_{k}": v for k, v in q.items()})
-    mask_path = patient_dir / PATIENT_FILES["mask"]
-    if mask_path.is_file():
-        tmask = read_volume(mask_path, what=f"tumour mask of patient {pid}", allow_constant=True)
-        if tmask.GetSize() != fixed.GetSize():
-            raise VCEInputError(f"{mask_path}: tumour mask size {tmask.GetSize()} != T2 size {fixed.GetSize()}")
+    if tmask is not None:
         write_volume(sitk.Cast(tmask, sitk.sitkUInt8), out_dir / PATIENT_FILES["mask"])
     if cfg.qc_png:
-        arr = sitk.GetArrayViewFromImage
         before = {m: sitk.GetArrayFromImage(sitk.Resample(moving[m], fixed, sitk.Transform(), sitk.sitkLinear, 0.0)) for m in MOVING}
-        write_qc_png(out_dir / "qc.png", np.asarray(arr(fixed)), before, {m: sitk.GetArrayFromImage(results[m][1]) for m in MOVING}, pid)
+        after = {m: sitk.GetArrayFromImage(results[m][1]) for m in MOVING}
+        write_qc_png(out_dir / "qc.png", sitk.GetArrayFromImage(fixed), before, after, pid)
     reasons = qc_failures(qc, cfg)
     qc["status"] = "failed" if reasons else "ok"
     qc["reason"] = "; ".join(reasons)
