@@ -224,7 +224,8 @@ def log_generator_model(
 def resolve_checkpoint(model: str | Path, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
     """A local ``checkpoint.pt`` for ``model``: a checkpoint file, a run directory holding one,
     or an MLflow model URI (``models:/<name>@<alias>``, ``models:/<name>/<version>``,
-    ``runs:/<run_id>/generator``) whose artifacts are downloaded to ``dst`` (default: a temp dir).
+    ``runs:/<run_id>/generator``) whose artifacts are downloaded to ``dst`` (required for URIs: the
+    caller owns and removes it, e.g. a ``tempfile.TemporaryDirectory``).
 
     Raises :class:`~vce.io.errors.VCEInputError` when nothing loadable is found.
     """
@@ -237,13 +238,13 @@ def resolve_checkpoint(model: str | Path, tracking_uri: str | None = None, dst: 
         if not p.is_file():
             raise VCEInputError(f"{model}: no model checkpoint here (expected a checkpoint.pt or a run directory)")
         return p
-    import tempfile
-
     from mlflow.artifacts import download_artifacts
 
+    if dst is None:
+        raise ValueError("resolve_checkpoint: a destination directory is needed to download an MLflow model")
     uri = tracking_uri or default_tracking_uri()
     _client(uri)
-    dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="vce-model-"))
+    dst = Path(dst)
     try:
         local = Path(download_artifacts(artifact_uri=s, dst_path=str(dst), tracking_uri=uri))
     except Exception as exc:  # noqa: BLE001 - unknown name/alias/run is a bad input

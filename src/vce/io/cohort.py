@@ -14,6 +14,7 @@ are ignored.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import VCEInputError
@@ -32,6 +33,19 @@ def check_patient_id(pid: str) -> str:
     return pid
 
 
+def case_duplicates(names: Iterable[str]) -> list[tuple[str, str]]:
+    """``(first, later)`` pairs of ``names`` that differ only in letter case (a patient copied twice,
+    or two ids that collide on case-insensitive file systems), in input order."""
+    seen: dict[str, str] = {}
+    pairs = []
+    for n in names:
+        if n.lower() in seen:
+            pairs.append((seen[n.lower()], n))
+        else:
+            seen[n.lower()] = n
+    return pairs
+
+
 def list_patients(cohort_dir: str | Path, required: tuple[str, ...] = REQUIRED) -> list[str]:
     """Sorted patient ids of ``cohort_dir``, checking each has the ``required`` modalities."""
     cohort_dir = Path(cohort_dir)
@@ -42,9 +56,9 @@ def list_patients(cohort_dir: str | Path, required: tuple[str, ...] = REQUIRED) 
         if p.name.startswith(".") or not p.is_dir():
             continue
         check_patient_id(p.name)
-        twin = next((q for q in pids if q.lower() == p.name.lower()), None)
-        if twin is not None:
-            raise VCEInputError(f"{p}: patient ids {twin} and {p.name} differ only in case (duplicate patient?)")
+        twins = case_duplicates([*pids, p.name])
+        if twins:
+            raise VCEInputError(f"{p}: patient ids {twins[0][0]} and {p.name} differ only in case (duplicate patient?)")
         missing = [PATIENT_FILES[m] for m in required if not (p / PATIENT_FILES[m]).is_file()]
         if missing:
             raise VCEInputError(f"{p}: patient {p.name} is missing {', '.join(missing)}")

@@ -39,7 +39,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io.atomic import atomic_dir, atomic_file, write_json
-from ..io.cohort import REQUIRED, check_patient_id
+from ..io.cohort import REQUIRED, case_duplicates, check_patient_id
 from ..io.errors import VCEInputError
 from ..io.images import (
     CANONICAL_ORIENTATION,
@@ -251,12 +251,8 @@ def import_cohort(
     folders = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise VCEInputError(f"{src}: no patient folders found")
-    seen: dict[str, Path] = {}
-    errors: list[str] = []
-    for f in folders:
-        if f.name.lower() in seen:
-            errors.append(f"{f}: source folders {seen[f.name.lower()].name} and {f.name} differ only in case (duplicate patient?)")
-        seen[f.name.lower()] = f
+    errors = [f"{src / later}: source folders {first} and {later} differ only in case (duplicate patient?)"
+              for first, later in case_duplicates(f.name for f in folders)]
     cases: list[Case] = []
     for f in folders:
         try:

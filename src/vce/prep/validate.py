@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io.atomic import write_json, write_text
-from ..io.cohort import REQUIRED, check_patient_id
+from ..io.cohort import REQUIRED, case_duplicates, check_patient_id
 from ..io.errors import VCEInputError
 from ..io.nifti import PATIENT_FILES
 
@@ -183,14 +183,13 @@ def validate_cohort(
     cohort: list[Issue] = []
     patients: dict[str, dict[str, Any]] = {}
     usable: list[str] = []
-    lower: dict[str, str] = {}
+    twin_of = {later: first for first, later in case_duplicates(p.name for p in pdirs)}
     for p in pdirs:
         issues, ok = validate_patient(p, min_fov_mm=min_fov_mm, fov_tolerance=fov_tolerance)
-        if p.name.lower() in lower:
+        if p.name in twin_of:
             issues.append(Issue(p.name, str(p), "error", "duplicate_id",
-                                f"patient ids {lower[p.name.lower()]} and {p.name} differ only in case"))
+                                f"patient ids {twin_of[p.name]} and {p.name} differ only in case"))
             ok = False
-        lower[p.name.lower()] = p.name
         if ok:
             usable.append(p.name)
         sev = {i.severity for i in issues}
