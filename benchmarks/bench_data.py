@@ -103,25 +103,25 @@ class _AnonSampler:
         self._sample()
 
 
-def anon_bytes() -> int | None:
-    """Current anonymous resident memory of this process (Linux), else ``None``."""
+def _proc_status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (Linux) in bytes, else ``None``."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def anon_bytes() -> int | None:
+    """Current anonymous resident memory of this process (Linux), else ``None``."""
+    return _proc_status_bytes("RssAnon")
 
 
 def rss_bytes() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    """Current resident set size of this process (Linux), else ``None``."""
+    return _proc_status_bytes("VmRSS")
 
 
 def memory_child(registered: Path, work: Path, image_size: int) -> dict[str, Any]:
