@@ -28,7 +28,7 @@ from _common import PEAK_SHAPES, conv_peak, conv_step, count_flops, gflops, set_
 from vce.config import load_config  # noqa: E402
 from vce.inference import input_statistics, run_generator, synthesize_t1c  # noqa: E402
 from vce.models.factory import build_generator, output_for  # noqa: E402
-from vce.training.trainer import generator_arch  # noqa: E402
+from vce.models.checkpoint import generator_arch  # noqa: E402
 
 VARIANT = {"model": "pgmgvce", "normalization": "sigmoid", "modalities": ["T1", "T2"]}
 

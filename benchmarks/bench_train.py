@@ -2,11 +2,11 @@
 
 Setting (issue 4): 192x192 slices, batch 4, two input modalities (T1, T2), fp32 on CPU with
 2 threads; PGMGVCE at the paper profile's ``base_channels`` (``params.yaml``
-``profiles.paper.train.base_channels``), sigmoid output, its conditional PatchGAN; one
-iteration as in :mod:`vce.training.trainer` for the main variant (lambda_pg = lambda_gan = 1,
-R1 weight ``gp_weight``):
+``profiles.paper.train.base_channels``), sigmoid output, its conditional PatchGAN. The timed
+iteration is the trainer's own :meth:`vce.training.step.GanStep.step` for the study's main
+variant (``study.main_variant``: lambda_pg = lambda_gan = 1, the paper profile's penalty)::
 
-    fake = G(x); D step: LSGAN + gp_weight * R1; G step: PG + LSGAN
+    fake = G(x); D step: LSGAN + gp_weight * R1; G step: PG + LSGAN; loss report
 
 The reference is :mod:`pix2pix_reference` (U-Net with 6 downsamplings, BatchNorm, 70x70
 PatchGAN with ndf 64, LSGAN + 100 L1), with ``ngf`` chosen so that its FLOPs per iteration are
@@ -21,6 +21,7 @@ with 5 downsamplings, so its innermost map is 3x3 as at 192 with 6).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PEAK_SHAPES, conv_peak, conv_step, count_flops, gflops, set_threads, time_interleaved  # noqa: E402
 from pix2pix_reference import Pix2Pix, pix2pix_iteration  # noqa: E402
 
-from vce.config import load_config  # noqa: E402
-from vce.losses import lsgan_d_loss, lsgan_g_loss, pixelwise_gradient_loss, r1_penalty  # noqa: E402
-from vce.models.factory import build_discriminator, build_generator, count_parameters, output_for  # noqa: E402
-from vce.training.trainer import generator_arch  # noqa: E402
+from vce.config import Variant, load_config  # noqa: E402
+from vce.losses import LossWeights  # noqa: E402
+from vce.models.checkpoint import build_from_spec, generator_spec  # noqa: E402
+from vce.models.factory import build_discriminator, count_parameters  # noqa: E402
+from vce.training.distributed import DistContext  # noqa: E402
+from vce.training.precision import Precision  # noqa: E402
+from vce.training.step import GanStep  # noqa: E402
 
 IMAGE_SIZE = 192
 BATCH = 4
@@ -45,42 +49,31 @@ NGF_CANDIDATES = tuple(range(16, 129, 8))
 FLOP_TOLERANCE = 0.30
 
 
-class PGMGVCESetup:
-    """Generator, discriminator and Adam optimisers of the trainer, on ``device``."""
+def pgmgvce_step(base: int, image_size: int, device: str = "cpu") -> GanStep:
+    """The trainer's own :class:`~vce.training.step.GanStep` for the study's main variant at
+    ``base`` channels, with the paper profile's settings (depth, Adam, penalty, ``pg_eps``)."""
+    cfg = dataclasses.replace(load_config(profile="paper").train, base_channels=base)
+    variant = main_variant()
+    G = build_from_spec(generator_spec(variant, cfg)).to(device)
+    D = build_discriminator(N_MODALITIES, base, image_size=image_size).to(device)
+    dev = torch.device(device)
+    step = GanStep(
+        G, D, weights=LossWeights(variant.lambda_pg, variant.lambda_gan, variant.lambda_l1), lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2), gp_type=cfg.gp_type, gp_weight=cfg.gp_weight, pg_eps=cfg.pg_eps,
+        precision=Precision("off", dev), dist=DistContext(device=dev), name="bench",
+    )  # fmt: skip
+    G.train()
+    D.train()
+    return step
 
-    def __init__(self, base: int, image_size: int, gp_weight: float, pg_eps: float, device: str = "cpu") -> None:
-        arch = generator_arch("pgmgvce", load_config(profile="paper").train)  # the paper profile's depth
-        self.G = build_generator("pgmgvce", N_MODALITIES, base, output_for("sigmoid"), **arch).to(device)
-        self.D = build_discriminator(N_MODALITIES, base, image_size=image_size).to(device)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-        self.gp_weight = gp_weight
-        self.pg_eps = pg_eps
-        self.G.train()
-        self.D.train()
 
-
-def pgmgvce_iteration(m: PGMGVCESetup, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One trainer iteration of the main variant on ``x`` (B, 2, S, S), ``y`` (B, 1, S, S); returns (loss_d, loss_g)."""
-    fake = m.G(x)
-    for p in m.D.parameters():
-        p.requires_grad_(True)
-    y_real = y.detach().requires_grad_(m.gp_weight > 0)
-    d_real = m.D(x, y_real)
-    d_fake = m.D(x, fake.detach())
-    loss_d = lsgan_d_loss(d_real, d_fake)
-    if m.gp_weight > 0:
-        loss_d = loss_d + m.gp_weight * r1_penalty(d_real, y_real)
-    m.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    m.opt_d.step()
-    for p in m.D.parameters():
-        p.requires_grad_(False)
-    loss_g = pixelwise_gradient_loss(fake, y, m.pg_eps) + lsgan_g_loss(m.D(x, fake))
-    m.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    m.opt_g.step()
-    return loss_d.detach(), loss_g.detach()
+def main_variant() -> Variant:
+    """The study's main variant (``study.main_variant`` of ``params.yaml``), on T1 + T2."""
+    cfg = load_config(profile="paper")
+    variant = cfg.variant(cfg.study.main_variant)
+    if len(variant.modalities) != N_MODALITIES:
+        raise ValueError(f"the benchmark needs a {N_MODALITIES}-modality main variant, got {variant.modalities}")
+    return variant
 
 
 def _inputs(batch: int, size: int, device: str = "cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,11 +84,11 @@ def _inputs(batch: int, size: int, device: str = "cpu", seed: int = 0) -> tuple[
     return torch.rand(batch, N_MODALITIES, size, size, generator=g), torch.rand(batch, 1, size, size, generator=g)
 
 
-def pgmgvce_flops(base: int, size: int, batch: int, gp_weight: float = 0.01, pg_eps: float = 1e-3) -> int:
-    """FLOPs of one PGMGVCE iteration (counted on the meta device: no arithmetic is done)."""
-    m = PGMGVCESetup(base, size, gp_weight, pg_eps, device="meta")
+def pgmgvce_flops(base: int, size: int, batch: int) -> int:
+    """FLOPs of one trainer iteration (``GanStep.train_batch`` on the meta device: no arithmetic)."""
+    step = pgmgvce_step(base, size, device="meta")
     x, y = _inputs(batch, size, "meta")
-    return count_flops(lambda: pgmgvce_iteration(m, x, y))
+    return count_flops(lambda: step.train_batch(x, y))
 
 
 def pix2pix_flops(ngf: int, size: int, batch: int, ndf: int = 64, num_downs: int = 6) -> int:
@@ -152,11 +145,11 @@ def run(short: bool, *, image_size: int | None = None, batch: int = BATCH, base:
     num_downs = num_downs or (5 if short else 6)
     repeats, warmup = (repeats or 3, 2) if short else (repeats or 6, 2)
 
-    ours_flops = pgmgvce_flops(base, image_size, batch, cfg.gp_weight, cfg.pg_eps)
+    ours_flops = pgmgvce_flops(base, image_size, batch)
     ngf, ref_flops = choose_ngf(ours_flops, image_size, batch, ndf, num_downs)
     peak = conv_peak(repeats=3 if short else 5)
 
-    ours = PGMGVCESetup(base, image_size, cfg.gp_weight, cfg.pg_eps)
+    ours = pgmgvce_step(base, image_size)
     ref = Pix2Pix(N_MODALITIES, 1, num_downs, ngf, ndf)
     ref.train()
     x, y = _inputs(batch, image_size)
@@ -165,7 +158,7 @@ def run(short: bool, *, image_size: int | None = None, batch: int = BATCH, base:
     params_ref = {"generator": count_parameters(ref.netG, False), "discriminator": count_parameters(ref.netD, False)}
     peak_step, peak_flops = conv_step(*PEAK_SHAPES[0], backward=True)
     t = time_interleaved(
-        {"pgmgvce": lambda: pgmgvce_iteration(ours, x, y), "pix2pix": lambda: pix2pix_iteration(ref, x_ref, y_ref),
+        {"pgmgvce": lambda: ours.step(x, y), "pix2pix": lambda: pix2pix_iteration(ref, x_ref, y_ref),
          "conv_peak": peak_step},
         repeats, warmup,
     )  # fmt: skip

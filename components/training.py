@@ -1,9 +1,20 @@
-"""Training components: the study's parent MLflow run and one training run per variant."""
+"""Training components: the study's variants, its parent MLflow run and one training run per variant."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 from . import VCE_IMAGE
+
+
+@dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
+def variants_op(params_yaml: str, profile: str) -> list:
+    """The study's variants as JSON objects (``Variant.to_json``), read from the same params text
+    as every other step: the pipeline's ParallelFor loops over this output, so its items cannot
+    disagree with ``params_yaml``. The loop items are the output itself (not a task-output
+    parameter consumed inside the loop, which kfp 2.17's local runner mis-resolves)."""
+    from vce.config import load_config_text
+
+    return [v.to_json() for v in load_config_text(params_yaml, profile).variants]
 
 
 @dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
@@ -35,14 +46,15 @@ def train_op(
     study: Input[Artifact],
     model: Output[Model],
 ):
-    """Train one variant (a child MLflow run of the study)."""
+    """Train one variant (``variant``: one item of ``variants_op``; a child MLflow run of the study)."""
     import json
 
     from vce import steps
-    from vce.config import load_config_text
+    from vce.config import Variant, load_config_text
 
     cfg = load_config_text(params_yaml, profile)
+    v = Variant.from_json(variant)
     parent = json.load(open(study.path))["run_id"]
-    steps.train(normalized.path, model.path, cfg, variant, tracking_uri=tracking_uri or None,
+    steps.train(normalized.path, model.path, cfg, v, tracking_uri=tracking_uri or None,
                 parent_run_id=parent or None, experiment=experiment)
-    model.metadata.update({"variant": json.loads(variant)["name"], "framework": "pytorch"})
+    model.metadata.update({"variant": v.name, "framework": "pytorch"})

@@ -15,7 +15,7 @@ from kfp import compiler, dsl
 
 from components.data import cohort_op, normalize_op, register_op, split_op
 from components.evaluation import compare_op, evaluate_op
-from components.training import start_study_op, train_op
+from components.training import start_study_op, train_op, variants_op
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILED = Path(__file__).with_suffix(".yaml")
@@ -25,15 +25,11 @@ CLUSTER_PARALLELISM = 8
 def default_arguments(params_path: Path = ROOT / "params.yaml") -> dict:
     """Pipeline defaults baked into the compiled YAML: the params file (as one-line JSON, which is
     YAML too: kfp copies defaults into the compiled file's header comment line by line) and its
-    variants."""
+    default profile. The variants are not a parameter: ``variants_op`` reads them from the text."""
     import yaml
 
     raw = yaml.safe_load(params_path.read_text())
-    return {
-        "params_yaml": json.dumps(raw),
-        "profile": raw.get("profile", "demo"),
-        "variants": [json.dumps({"name": k, **v}, sort_keys=True) for k, v in raw["variants"].items()],
-    }
+    return {"params_yaml": json.dumps(raw), "profile": raw.get("profile", "demo")}
 
 
 def build_pipeline(parallelism: int = CLUSTER_PARALLELISM, defaults: dict | None = None):
@@ -44,7 +40,6 @@ def build_pipeline(parallelism: int = CLUSTER_PARALLELISM, defaults: dict | None
     def vce_study(
         params_yaml: str = d["params_yaml"],
         profile: str = d["profile"],
-        variants: list = d["variants"],
         source_dir: str = "",
         tracking_uri: str = "",
         experiment: str = "vce-study",
@@ -58,7 +53,9 @@ def build_pipeline(parallelism: int = CLUSTER_PARALLELISM, defaults: dict | None
         normalized.set_display_name("normalize")
         study = start_study_op(tracking_uri=tracking_uri, experiment=experiment, params_yaml=params_yaml, profile=profile)
         study.set_display_name("start-study").set_caching_options(False)
-        with dsl.ParallelFor(variants, parallelism=parallelism, name="ablations") as variant:
+        variants = variants_op(params_yaml=params_yaml, profile=profile)
+        variants.set_display_name("variants").set_caching_options(False)
+        with dsl.ParallelFor(variants.output, parallelism=parallelism, name="ablations") as variant:
             train = train_op(
                 normalized=normalized.outputs["normalized"], variant=variant, params_yaml=params_yaml,
                 profile=profile, tracking_uri=tracking_uri, experiment=experiment, study=study.outputs["study"],

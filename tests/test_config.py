@@ -47,3 +47,129 @@ def test_variant_modalities_are_canonical_order():
     v = Variant.from_any({"name": "x", "modalities": ["T2", "T1"]})
     assert v.modalities == ("T1", "T2")
     assert Variant.from_any(v.to_json()) == v
+
+
+# --------------------------------------------------------------------------- validated at load, key named
+
+PARAMS = (ROOT / "params.yaml").read_text()
+TINY_VAL = "val_patients: 0  # TRAIN patients held out for validation: count or fraction (<1); 0 = off (tests enable it)"
+
+
+def _tiny_text(old: str, new: str) -> str:
+    """params.yaml with ``old`` (which must occur in the tiny profile, or once in the file) replaced."""
+    head, tiny = PARAMS.split("  tiny:\n")
+    if old in tiny:
+        return head + "  tiny:\n" + tiny.replace(old, new, 1)
+    assert PARAMS.count(old) == 1, old
+    return PARAMS.replace(old, new)
+
+
+@pytest.mark.parametrize(
+    "old, new, match",
+    [
+        ("iterations: 4\n", "iterations: -5\n", r"params\.yaml:profiles\.tiny\.train\.iterations must be >= 1 \(got -5\)"),
+        ("iterations: 4\n", 'iterations: "four"\n', r"profiles\.tiny\.train\.iterations must be an integer \(got 'four'\)"),
+        ("iterations: 4\n", "iterations: 4.5\n", r"profiles\.tiny\.train\.iterations must be an integer"),
+        ("batch_size: 2\n", "batch_size: true\n", r"profiles\.tiny\.train\.batch_size must be an integer \(got True\)"),
+        ("lr: 2.0e-4\n", "lr: fast\n", r"profiles\.tiny\.train\.lr must be a finite number \(got 'fast'\)"),
+        ("lr: 2.0e-4\n", "lr: .nan\n", r"profiles\.tiny\.train\.lr must be a finite number"),
+        ("compile: false", "compile: 0", r"profiles\.tiny\.train\.compile must be true or false"),
+        ("gp_type: r1", "gp_type: wgan", r"profiles\.tiny\.train\.gp_type must be one of \('r1', 'wgan_gp'\)"),
+        ("amp: \"off\"", "amp: fp8", r"profiles\.tiny\.train\.amp must be one of"),
+        ("keep: last", "keep: best", r"profiles\.tiny\.train: keep: best needs validation"),
+        (TINY_VAL, "val_patients: 1.5", r"profiles\.tiny\.train\.val_patients must be 0, a count"),
+        ("n_patients: 8\n", "n_patients: 0\n", r"profiles\.tiny\.synth\.n_patients must be >= 1 \(got 0\)"),
+        ("matrix: [48, 48]", "matrix: [48]", r"profiles\.tiny\.synth\.matrix must be a list of 2 integers"),
+        ("matrix: [48, 48]", "matrix: 48", r"profiles\.tiny\.synth\.matrix must be a list of 2 integers \(got 48\)"),
+        ("seed: 7\n", "seed: seven\n", r"profiles\.tiny\.seed must be an integer >= 0 \(got 'seven'\)"),
+        ("on_failure: exclude", "on_failure: ignore", r"profiles\.tiny\.register\.on_failure must be 'exclude' or 'stop'"),
+        ("parallelism: 2\n      main_variant: pgmgvce_main", "parallelism: 0\n      main_variant: pgmgvce_main",
+         r"profiles\.tiny\.study\.parallelism must be >= 1"),
+        ("main_variant: pgmgvce_main", "main_variant: nope", r"profiles\.tiny\.study\.main_variant must name one of the variants"),
+        ("lambda_pg: 10.0", "lambda_pg: -1", r"params\.yaml:variants\.ratio_10to1\.lambda_pg must be >= 0 \(got -1\)"),
+        ("lambda_pg: 0.0,  lambda_gan: 1.0,  lambda_l1: 100.0", "lambda_pg: 0,  lambda_gan: 0,  lambda_l1: 0",
+         r"variants\.baseline_mmgsn: all generator loss weights are 0, nothing to train"),
+        ("model: mmgsn", "model: unet", r"variants\.baseline_mmgsn\.model must be one of \('pgmgvce', 'mmgsn'\)"),
+        ("normalization: tanh", "normalization: 1", r"variants\.norm_tanh\.normalization must be a string"),
+    ],
+)
+def test_bad_params_fail_at_load_naming_the_key(old, new, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config_text(_tiny_text(old, new), "tiny", source="params.yaml")
+
+
+def test_section_that_is_not_a_mapping_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"profiles\.tiny\.evaluate: expected a mapping"):
+        load_config_text(_tiny_text("      data_range: 4095\n    study:\n      parallelism: 2",
+                                    "      - 4095\n    study:\n      parallelism: 2"), "tiny")
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_direct_construction_is_validated_too():
+    from vce.config import AMP_MODES, GP_TYPES, KEEP, StudyConfig, SynthConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^train\.iterations must be >= 1 \(got 0\)$"):
+        TrainConfig(iterations=0)
+    with pytest.raises(ConfigError, match=r"^synth\.snr_t1c must be a finite number \(got inf\)$"):
+        SynthConfig(snr_t1c=float("inf"))
+    with pytest.raises(ConfigError, match=r"^variants\.z: all generator loss weights are 0, nothing to train$"):
+        Variant("z", lambda_pg=0, lambda_gan=0, lambda_l1=0)
+    with pytest.raises(ConfigError, match="study.parallelism"):
+        StudyConfig(parallelism=0)
+    for gp in GP_TYPES:
+        assert TrainConfig(gp_type=gp).gp_type == gp
+    for amp in AMP_MODES:
+        assert TrainConfig(amp=amp).amp == amp
+    assert TrainConfig(keep=KEEP[1], val_patients=1).keep == "best"
+    assert SynthConfig(matrix=[64, 64]).matrix == (64, 64)  # lists (YAML) become tuples
+
+
+def test_all_problems_of_a_section_reported_together():
+    from vce.config import TrainConfig
+
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(iterations=0, batch_size=0, gp_type="x")
+    msg = str(info.value)
+    assert "train.iterations" in msg and "train.batch_size" in msg and "train.gp_type" in msg
+
+
+def test_main_variant_is_read_and_required():
+    for profile in ("demo", "paper", "tiny"):
+        assert load_config(ROOT / "params.yaml", profile).study.main_variant == "pgmgvce_main"
+    renamed = _tiny_text("main_variant: pgmgvce_main", "main_variant: t1_only")
+    assert load_config_text(renamed, "tiny").study.main_variant == "t1_only"
+    missing = _tiny_text("      main_variant: pgmgvce_main", "")
+    with pytest.raises(ConfigError, match=r"study\.main_variant must name one of the variants .* \(got ''\)"):
+        load_config_text(missing, "tiny")
+
+
+def test_variant_from_json():
+    v = Variant.from_json('{"name": "r2", "lambda_pg": 2.0, "modalities": ["T2"]}')
+    assert v == Variant("r2", lambda_pg=2.0, modalities=("T2",))
+    assert Variant.from_json(v.to_json()) == v
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        Variant.from_json("{name: r2}")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        Variant.from_json('["r2"]')
+    with pytest.raises(ConfigError, match=r"variants\.r2: unknown key\(s\) \['lambda_x'\]"):
+        Variant.from_json('{"name": "r2", "lambda_x": 1}')
+
+
+def test_config_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, vce.config; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_generators_are_the_config_models():
+    from vce.config import MODELS
+    from vce.models.factory import GENERATORS, build_generator
+
+    assert tuple(GENERATORS) == MODELS
+    for name in MODELS:
+        assert isinstance(build_generator(name, 2, 4), GENERATORS[name])

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vce.training import SeededBatchSampler
-from vce.training.trainer import _state_hash
+from vce.training.distributed import state_hash as _state_hash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_trainer import _params_file, _write_store  # noqa: E402

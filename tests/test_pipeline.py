@@ -21,8 +21,15 @@ def test_dag_shape():
     loop = next(t for t in tasks.values() if "parameterIterator" in t)
     inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
     assert {"train-op", "evaluate-op"} <= set(inner)
-    # the 8 study variants are the loop's default items
-    variants = spec["root"]["inputDefinitions"]["parameters"]["variants"]["defaultValue"]
+    # the 8 study variants are the loop's items: the output of variants-op, read from params_yaml
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--variants-op-Output"
+    assert loop["inputs"]["parameters"]["pipelinechannel--variants-op-Output"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output", "producerTask": "variants-op"}
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert "variants" not in params
+    from components.training import variants_op
+
+    variants = variants_op.python_func(params["params_yaml"]["defaultValue"], params["profile"]["defaultValue"])
     assert len(variants) == 8
     # training asks for a GPU on the cluster
     k8s = yaml.safe_dump(spec)

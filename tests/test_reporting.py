@@ -13,10 +13,13 @@ from scipy import stats
 from vce.config import Variant
 from vce.io.errors import VCEInputError
 from vce.metrics import METRIC_KEYS
-from vce.reporting import build_tables, compare, derive_roles, figures, format_console, write_report
-from vce.reporting.tables import format_mean_sd, paired_pvalues, ratio_label
+from vce.reporting import ablations, build_tables, compare, derive_roles, figures, format_console, write_report
+from vce.reporting.ablations import ABLATIONS, Ablation, ratio_label
+from vce.reporting.rendering import format_mean_sd
+from vce.reporting.stats import paired_pvalues
 
 PATIENTS = ["P01", "P02", "P03", "P04", "P05", "P06"]
+MAIN = "pgmgvce_main"
 
 
 def study_variants(prefix: str = "") -> list[Variant]:
@@ -76,7 +79,7 @@ def study(tmp_path):
 
 def test_table1_matches_numpy_and_scipy(study):
     variants, values, dirs = study
-    t1 = build_tables(dirs, variants)["table1_accuracy"]
+    t1 = build_tables(dirs, variants, main=MAIN)["table1_accuracy"]
     assert list(t1.index) == ["MAE", "MSE", "SSIM"]
     for key, row in (("mae", "MAE"), ("mse", "MSE"), ("ssim", "SSIM")):
         main = np.array(values["pgmgvce_main"][key])
@@ -94,7 +97,7 @@ def test_table1_matches_numpy_and_scipy(study):
 
 def test_table2_ground_truth_from_main(study):
     variants, values, dirs = study
-    t2 = build_tables(dirs, variants)["table2_texture"]
+    t2 = build_tables(dirs, variants, main=MAIN)["table2_texture"]
     assert list(t2.index) == ["TMSVPMI", "TAVPMI", "TFPMI", "VFPMI"]
     for key in ("tmsvpmi", "tavpmi", "tfpmi", "vfpmi"):
         row = key.upper()
@@ -146,7 +149,7 @@ def test_modality_pairs_only_common_patients(tmp_path):
 
 def test_ablation_tables(study):
     variants, values, dirs = study
-    tables = build_tables(dirs, variants)
+    tables = build_tables(dirs, variants, main=MAIN)
     ratio = tables["ablation_ratio"]
     assert list(ratio.index) == ["10:1", "1:1", "1:10"]
     assert list(ratio["variant"]) == ["ratio_10to1", "pgmgvce_main", "ratio_1to10"]
@@ -201,14 +204,14 @@ def test_renamed_variants_and_main(tmp_path):
 def test_missing_variants_omit_tables(study):
     variants, values, dirs = study
     partial = {k: v for k, v in dirs.items() if k not in ("norm_zscore", "norm_tanh", "baseline_mmgsn")}
-    tables = build_tables(partial, variants)
+    tables = build_tables(partial, variants, main=MAIN)
     assert "ablation_normalization" not in tables
     assert "table1_accuracy" not in tables and "table2_texture" not in tables
     assert {"ablation_ratio", "ablation_modality", "variants_overview"} <= set(tables)
     assert list(tables["variants_overview"].index) == [v.name for v in variants if v.name in partial]
     # one normalisation variant is enough for the table (with the main variant)
     partial["norm_tanh"] = dirs["norm_tanh"]
-    assert list(build_tables(partial, variants)["ablation_normalization"].index) == ["sigmoid", "tanh"]
+    assert list(build_tables(partial, variants, main=MAIN)["ablation_normalization"].index) == ["sigmoid", "tanh"]
 
 
 def test_main_variant_required(study):
@@ -217,7 +220,56 @@ def test_main_variant_required(study):
         build_tables(dirs, variants, main="nope")
     without_main = {k: v for k, v in dirs.items() if k != "pgmgvce_main"}
     with pytest.raises(VCEInputError, match="pgmgvce_main"):
-        build_tables(without_main, variants)
+        build_tables(without_main, variants, main=MAIN)
+
+
+def test_main_is_a_required_keyword(study):
+    variants, values, dirs = study
+    with pytest.raises(TypeError, match="main"):
+        build_tables(dirs, variants)
+    with pytest.raises(TypeError, match="main"):
+        derive_roles(variants)
+
+
+def test_new_ablation_is_one_entry(study, tmp_path, monkeypatch):
+    """Appending one Ablation to ABLATIONS gives its role, its table, its CSV and its summary section."""
+    variants, values, dirs = study
+    assert "ablation_l1" not in build_tables(dirs, variants, main=MAIN)
+    l1, l1_values = Variant("l1_heavy", lambda_l1=50.0), patient_values(len(variants))
+    variants = [*variants, l1]
+    dirs = {**dirs, l1.name: write_eval_dir(tmp_path / "eval" / l1.name, l1_values)}
+    entry = Ablation(
+        name="l1",
+        fields=frozenset({"lambda_l1"}),
+        title="Ablation - L1 weight",
+        description="MAE, MSE, SSIM for each lambda_l1 (other settings as {main}).",
+        label=lambda v: f"lambda_l1 = {v.lambda_l1:g}",
+        paper="Not in the paper.",
+        paper_values={"lambda_l1 = 0": {"MAE": "1.0 ± 0.1"}},
+        order=lambda v: v.lambda_l1,
+    )
+    monkeypatch.setattr(ablations, "ABLATIONS", (*ABLATIONS, entry))
+    roles = derive_roles(variants, main=MAIN)
+    assert roles.l1 == {"lambda_l1 = 0": MAIN, "lambda_l1 = 50": "l1_heavy"}
+    assert roles.of("l1_heavy") == "l1 lambda_l1 = 50"
+    out = tmp_path / "report"
+    tables = compare(dirs, variants, out, main=MAIN)
+    t = tables["ablation_l1"]
+    assert list(t.index) == ["lambda_l1 = 0", "lambda_l1 = 50"] and t.index.name == "l1"
+    assert t.loc["lambda_l1 = 50", "MAE mean"] == pytest.approx(np.mean(l1_values["mae"]))
+    assert t.attrs["description"] == f"MAE, MSE, SSIM for each lambda_l1 (other settings as {MAIN})."
+    # in report order: after the declared ablations, before the overview
+    assert list(tables)[-2:] == ["ablation_l1", "variants_overview"]
+    assert (out / "ablation_l1.csv").is_file()
+    summary = (out / "summary.md").read_text()
+    assert summary.index("Ablation - single modality") < summary.index("Ablation - L1 weight") < summary.index("All variants")
+    assert "Paper (Cheng et al. 2024) for comparison. Not in the paper." in summary and "1.0 ± 0.1" in summary
+    assert tables["variants_overview"].loc["l1_heavy", "role"] == "l1 lambda_l1 = 50"
+
+
+def test_ablation_fields_must_be_variant_fields():
+    with pytest.raises(ValueError, match="lambda_typo"):
+        Ablation(name="x", fields=frozenset({"lambda_typo"}), title="t", description="d", label=str, paper="p", order=str)
 
 
 def test_ratio_labels():
@@ -236,14 +288,14 @@ def test_missing_file_names_it(study):
     variants, values, dirs = study
     (dirs["t1_only"] / "metrics_patients.csv").unlink()
     with pytest.raises(VCEInputError, match=r"t1_only.*metrics_patients\.csv"):
-        build_tables(dirs, variants)
+        build_tables(dirs, variants, main=MAIN)
 
 
 def test_missing_slices_file_names_it(study):
     variants, values, dirs = study
     (dirs["norm_tanh"] / "metrics_slices.csv").unlink()
     with pytest.raises(VCEInputError, match=r"norm_tanh.*metrics_slices\.csv"):
-        build_tables(dirs, variants)
+        build_tables(dirs, variants, main=MAIN)
 
 
 @pytest.mark.parametrize(
@@ -269,7 +321,7 @@ def test_unreadable_file_names_it(study, content, match):
     else:
         path.write_text(content)
     with pytest.raises(VCEInputError, match=match) as info:
-        build_tables(dirs, variants)
+        build_tables(dirs, variants, main=MAIN)
     assert str(path) in str(info.value)
 
 
@@ -306,7 +358,7 @@ EXPECTED_FILES = {
 def test_compare_writes_all_files(study, tmp_path):
     variants, values, dirs = study
     out = tmp_path / "report"
-    tables = compare(dirs, variants, out)
+    tables = compare(dirs, variants, out, main=MAIN)
     assert {p.name for p in out.iterdir()} == EXPECTED_FILES
     # CSVs hold the numeric mean/sd columns
     t1 = pd.read_csv(out / "table1_accuracy.csv", index_col=0)
@@ -327,7 +379,7 @@ def test_compare_writes_all_files(study, tmp_path):
 
 def test_write_report_is_atomic(study, tmp_path, monkeypatch):
     variants, values, dirs = study
-    tables = build_tables(dirs, variants)
+    tables = build_tables(dirs, variants, main=MAIN)
 
     def boom(*args, **kwargs):
         raise RuntimeError("figure failed")
@@ -353,7 +405,7 @@ def test_report_without_baseline_skips_texture_figure(study, tmp_path):
     variants, values, dirs = study
     dirs = {k: v for k, v in dirs.items() if k != "baseline_mmgsn"}
     out = tmp_path / "r"
-    compare(dirs, variants, out)
+    compare(dirs, variants, out, main=MAIN)
     names = {p.name for p in out.iterdir()}
     assert "texture.png" not in names and "table1_accuracy.csv" not in names
     assert "metrics_by_variant.png" in names and "summary.md" in names
@@ -361,7 +413,7 @@ def test_report_without_baseline_skips_texture_figure(study, tmp_path):
 
 def test_format_console(study):
     variants, values, dirs = study
-    tables = build_tables(dirs, variants)
+    tables = build_tables(dirs, variants, main=MAIN)
     text = format_console(tables)
     for df in tables.values():
         assert df.attrs["title"] in text

@@ -220,9 +220,8 @@ def test_atomic_on_failure(monkeypatch, tmp_path):
     ],
 )
 def test_bad_config_raises(tmp_path, kwargs, match):
-    cfg = SynthConfig(**{**TINY.__dict__, **kwargs})
-    with pytest.raises(ValueError, match=match):
-        synthesize_cohort(tmp_path / "raw", cfg, SEED)
+    with pytest.raises(ValueError, match=match):  # at SynthConfig(...): settings are checked in vce.config
+        synthesize_cohort(tmp_path / "raw", SynthConfig(**{**TINY.__dict__, **kwargs}), SEED)
     assert not (tmp_path / "raw").exists()
 
 

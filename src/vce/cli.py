@@ -10,9 +10,10 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, Variant, load_config
 from .io.errors import VCEInputError
 
 OUT = Path("outputs")
@@ -27,7 +28,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vce", description="Virtual contrast enhancement for MRI (PGMGVCE study).")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="STEP")
+    _data_parsers(sub)
+    _train_parser(sub)
+    _result_parsers(sub)
+    return ap
 
+
+def _data_parsers(sub: argparse._SubParsersAction) -> None:
+    """synth, import, validate, register, split, normalize."""
     p = sub.add_parser("synth", help="generate the synthetic cohort (raw layout)")
     p.add_argument("--out", default="data", help="cohort directory to write (default: data)")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: cores, max 4)")
@@ -72,8 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(OUT / "normalized"))
     _common(p)
 
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one variant of the study")
-    p.add_argument("--variant", required=True, help="variant name from params.yaml (e.g. pgmgvce_main) or a JSON object")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--variant", metavar="NAME", help="variant name from params.yaml (e.g. pgmgvce_main)")
+    which.add_argument("--variant-json", metavar="JSON",
+                       help='a variant not in params.yaml, as a JSON object, e.g. \'{"name": "ratio_2to1", "lambda_pg": 2.0}\'')
     p.add_argument("--normalized", default=str(OUT / "normalized"))
     p.add_argument("--out", default=None, help="run directory (default: outputs/runs/<variant>)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: project SQLite store)")
@@ -88,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel processes: relaunches itself under torchrun (gloo on CPU, nccl on CUDA)")
     _common(p)
 
+
+def _result_parsers(sub: argparse._SubParsersAction) -> None:
+    """evaluate, compare, predict, run."""
     p = sub.add_parser("evaluate", help="predict the test patients and compute the paper's metrics")
     p.add_argument("--model", required=True, help="run directory of a trained variant (holds checkpoint.pt)")
     p.add_argument("--registered", default=str(OUT / "registered"))
@@ -118,7 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: vce-study)")
     p.add_argument("--parallelism", type=int, default=None, help="trainings at once (default: profile's study.parallelism)")
     _common(p)
-    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,71 +153,137 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    cfg = load_config(args.params, args.profile)
+    return COMMANDS[args.cmd](args, cfg)
+
+
+def _synth(args: argparse.Namespace, cfg: Config) -> int:
+    from . import steps
+
+    pids = steps.synth(args.out, cfg, args.workers)
+    print(f"wrote {len(pids)} synthetic patients to {args.out}")
+    return 0
+
+
+def _import(args: argparse.Namespace, cfg: Config) -> int:
+    from . import steps
+
+    pids = steps.import_patients(args.src, args.out, mapping=args.mapping, series_rules=args.series_rule,
+                                 series_rules_file=args.series_rules)
+    print(f"imported {len(pids)} patient(s) into {args.out}: {', '.join(pids)}")
+    return 0
+
+
+def _validate(args: argparse.Namespace, cfg: Config) -> int:
+    from . import steps
+    from .prep.validate import format_summary
+
+    report, paths = steps.validate(args.raw, args.report, cfg, min_fov_mm=args.min_fov_mm, fov_tolerance=args.fov_tolerance)
+    print(format_summary(report))
+    print(f"report: {paths[0]} {paths[1]}")
+    return 0 if report["ok"] else 1
+
+
+def _register(args: argparse.Namespace, cfg: Config) -> int:
+    from . import steps
+
+    qc = steps.register(args.raw, args.out, cfg, args.workers)
+    print(qc.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    return 0
+
+
+def _split(args: argparse.Namespace, cfg: Config) -> int:
+    import dataclasses
+
+    from . import steps
+
+    over = {k: v for k, v in (("folds", args.folds), ("fold", args.fold)) if v is not None}
+    if over:
+        cfg = dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, **over))
+    m = steps.split(args.registered, args.out, cfg)
+    print(m.groupby("split").agg(patients=("patient", "count"), slices=("n_slices", "sum")).to_string())
+    return 0
+
+
+def _normalize(args: argparse.Namespace, cfg: Config) -> int:
+    from . import steps
+
+    steps.normalize(args.split, args.out, cfg)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _variant(args: argparse.Namespace, cfg: Config) -> Variant:
+    """``--variant NAME`` (one of params.yaml's variants) or ``--variant-json JSON``."""
+    return cfg.variant(args.variant) if args.variant is not None else Variant.from_json(args.variant_json)
+
+
+def _train(args: argparse.Namespace, cfg: Config) -> int:
     from . import steps
     from .tracking import default_tracking_uri
 
-    cfg = load_config(args.params, args.profile)
-    if args.cmd == "synth":
-        pids = steps.synth(args.out, cfg, args.workers)
-        print(f"wrote {len(pids)} synthetic patients to {args.out}")
-    elif args.cmd == "import":
-        pids = steps.import_patients(args.src, args.out, mapping=args.mapping, series_rules=args.series_rule,
-                                     series_rules_file=args.series_rules)
-        print(f"imported {len(pids)} patient(s) into {args.out}: {', '.join(pids)}")
-    elif args.cmd == "validate":
-        from .prep.validate import format_summary
-
-        report, paths = steps.validate(args.raw, args.report, cfg, min_fov_mm=args.min_fov_mm, fov_tolerance=args.fov_tolerance)
-        print(format_summary(report))
-        print(f"report: {paths[0]} {paths[1]}")
-        return 0 if report["ok"] else 1
-    elif args.cmd == "register":
-        qc = steps.register(args.raw, args.out, cfg, args.workers)
-        print(qc.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    elif args.cmd == "split":
-        if args.folds is not None or args.fold is not None:
-            import dataclasses
-
-            over = {k: v for k, v in (("folds", args.folds), ("fold", args.fold)) if v is not None}
-            cfg = dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, **over))
-        m = steps.split(args.registered, args.out, cfg)
-        print(m.groupby("split").agg(patients=("patient", "count"), slices=("n_slices", "sum")).to_string())
-    elif args.cmd == "normalize":
-        steps.normalize(args.split, args.out, cfg)
-        print(f"wrote {args.out}")
-    elif args.cmd == "train":
-        name = args.variant if not args.variant.lstrip().startswith("{") else None
-        out = args.out or str(OUT / "runs" / (name or "custom"))
-        if args.nproc > 1 and "RANK" not in os.environ:
-            return _torchrun(args, out)
-        uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
-        steps.train(args.normalized, out, cfg, args.variant, tracking_uri=uri, parent_run_id=args.parent_run_id,
-                    resume=args.resume, state_dir=args.state_dir, device=args.device)
-        if int(os.environ.get("RANK", "0")) != 0:
-            return 0
+    variant = _variant(args, cfg)
+    out = args.out or str(OUT / "runs" / variant.name)
+    if args.nproc > 1 and "RANK" not in os.environ:
+        return _torchrun(args, out)
+    uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
+    steps.train(args.normalized, out, cfg, variant, tracking_uri=uri, parent_run_id=args.parent_run_id,
+                resume=args.resume, state_dir=args.state_dir, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {out}")
-    elif args.cmd == "evaluate":
-        out = args.out or str(OUT / "eval" / Path(args.model).name)
-        t = steps.evaluate(args.model, args.registered, args.split, args.normalized, out, cfg, track=not args.no_tracking)
-        print(t.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    elif args.cmd == "compare":
-        dirs = args.eval or sorted(str(p.parent) for p in (OUT / "eval").glob("*/variant.json"))
-        if not dirs:
-            raise VCEInputError(f"{OUT / 'eval'}: no evaluation directories (run `vce evaluate` first)")
-        from .reporting.tables import format_console
-
-        tables = steps.compare(dirs, args.out, cfg)
-        print(format_console(tables))
-        print(f"\nreport: {Path(args.out) / 'summary.md'}")
-    elif args.cmd == "predict":
-        steps.predict(args.t1, args.t2, args.model, args.out, cfg, tracking_uri=args.tracking_uri or default_tracking_uri())
-        print(f"wrote {args.out}")
-    elif args.cmd == "run":
-        from .study import run_study
-
-        run_study(cfg, data=args.data, out=args.out, tracking_uri=args.tracking_uri or default_tracking_uri(),
-                  experiment=args.experiment, parallelism=args.parallelism, params_path=args.params)
     return 0
+
+
+def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    from . import steps
+
+    out = args.out or str(OUT / "eval" / Path(args.model).name)
+    t = steps.evaluate(args.model, args.registered, args.split, args.normalized, out, cfg, track=not args.no_tracking)
+    print(t.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    return 0
+
+
+def _compare(args: argparse.Namespace, cfg: Config) -> int:
+    from . import steps
+    from .reporting.tables import format_console
+
+    dirs = args.eval or sorted(str(p.parent) for p in (OUT / "eval").glob("*/variant.json"))
+    if not dirs:
+        raise VCEInputError(f"{OUT / 'eval'}: no evaluation directories (run `vce evaluate` first)")
+    tables = steps.compare(dirs, args.out, cfg)
+    print(format_console(tables))
+    print(f"\nreport: {Path(args.out) / 'summary.md'}")
+    return 0
+
+
+def _predict(args: argparse.Namespace, cfg: Config) -> int:
+    from . import steps
+    from .tracking import default_tracking_uri
+
+    steps.predict(args.t1, args.t2, args.model, args.out, cfg, tracking_uri=args.tracking_uri or default_tracking_uri())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _run(args: argparse.Namespace, cfg: Config) -> int:
+    from .study import run_study
+    from .tracking import default_tracking_uri
+
+    run_study(cfg, data=args.data, out=args.out, tracking_uri=args.tracking_uri or default_tracking_uri(),
+              experiment=args.experiment, parallelism=args.parallelism, params_path=args.params)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "synth": _synth, "import": _import, "validate": _validate, "register": _register, "split": _split,
+    "normalize": _normalize, "train": _train, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
+    "run": _run,
+}
+
+
+def _variant_args(args: argparse.Namespace) -> list[str]:
+    """The variant as it was given on the command line (``--variant`` or ``--variant-json``)."""
+    return ["--variant", args.variant] if args.variant is not None else ["--variant-json", args.variant_json]
 
 
 def _torchrun(args: argparse.Namespace, out: str) -> int:
@@ -210,7 +291,7 @@ def _torchrun(args: argparse.Namespace, out: str) -> int:
     import subprocess
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-           "-m", "vce.cli", "train", "--variant", args.variant, "--normalized", args.normalized, "--out", out]
+           "-m", "vce.cli", "train", *_variant_args(args), "--normalized", args.normalized, "--out", out]
     for flag, value in (("--tracking-uri", args.tracking_uri), ("--parent-run-id", args.parent_run_id),
                         ("--state-dir", args.state_dir), ("--device", args.device), ("--params", args.params),
                         ("--profile", args.profile)):

@@ -1,13 +1,23 @@
 """Typed view of ``params.yaml``: one profile (demo | paper | tiny) plus the study's variants.
 
 Every step reads its section from here, so the CLI, DVC and the Kubeflow pipeline share one
-configuration. Unknown keys are errors (a typo must not silently fall back to a default).
+configuration. Unknown keys are errors (a typo must not silently fall back to a default), and
+every value is checked here, when the file is loaded: its type from the field's annotation
+(an integer for ``int``, a finite number for ``float``, ``true``/``false`` for ``bool``, a list
+for ``tuple``), then its range. A bad ``params.yaml`` therefore fails in seconds at
+:func:`load_config`, with the key named (``params.yaml:profiles.demo.train.iterations must be
+>= 1 (got -5)``), before synthesis or registration run. This module imports no torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import numbers
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,15 +26,140 @@ import yaml
 
 MODALITIES = ("T1", "T2")
 NORMALIZATIONS = ("zscore", "sigmoid", "tanh")
+#: The generators (``Variant.model``); ``vce.models.factory.GENERATORS`` is keyed by these.
 MODELS = ("pgmgvce", "mmgsn")
+GP_TYPES = ("r1", "wgan_gp")  # train.gp_type
+AMP_MODES = ("off", "bf16", "fp16")  # train.amp
+KEEP = ("last", "best")  # train.keep
+
+#: One invalid setting: (key within its section, or "" for the section as a whole; message).
+Problem = tuple[str, str]
 
 
 class ConfigError(ValueError):
     """The params file or a variant is invalid."""
 
 
+class SectionError(ConfigError):
+    """Invalid settings of one section; :meth:`located` names them by their place in the file."""
+
+    def __init__(self, where: str, problems: list[Problem]):
+        self.problems = problems
+        super().__init__(_render(where, problems))
+
+    def located(self, where: str) -> ConfigError:
+        return ConfigError(_render(where, self.problems))
+
+
+def _render(where: str, problems: list[Problem]) -> str:
+    return "; ".join(f"{where}.{key} {msg}" if key else f"{where}: {msg}" for key, msg in problems)
+
+
+def check_int(value: Any, key: str, minimum: int) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an integer (not a bool) >= ``minimum``."""
+    if not _fits(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum} (got {value!r})")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the type of the annotation ``hint`` (lists count as tuples)."""
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+    if hint is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if hint is int:
+        return isinstance(value, numbers.Integral)
+    if hint is float:
+        return isinstance(value, numbers.Real) and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+#: How a value of each annotation is described in errors: (one, many).
+_KINDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"),
+          float: ("a finite number", "finite numbers"), str: ("a string", "strings")}
+
+
+def _describe(hint: Any) -> str:
+    """``int`` -> "an integer", ``tuple[int, int]`` -> "a list of 2 integers", ``tuple[str, ...]`` -> "a list of strings"."""
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        many = _kind(args[0])[1]
+        return f"a list of {many}" if len(args) == 2 and args[1] is Ellipsis else f"a list of {len(args)} {many}"
+    return _kind(hint)[0]
+
+
+def _kind(hint: Any) -> tuple[str, str]:
+    name = getattr(hint, "__name__", str(hint))
+    return _KINDS.get(hint, (f"a {name}", f"{name} values"))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _at_least(cfg: Any, names: tuple[str, ...], low: float, strict: bool = False) -> Iterator[Problem]:
+    """``>= low`` (``> low`` when ``strict``) for each field in ``names``."""
+    for name in names:
+        v = getattr(cfg, name)
+        if v < low or (strict and v == low):
+            yield name, f"must be {'>' if strict else '>='} {low} (got {v!r})"
+
+
+def _one_of(cfg: Any, name: str, allowed: tuple[str, ...]) -> Iterator[Problem]:
+    v = getattr(cfg, name)
+    if v not in allowed:
+        yield name, f"must be one of {allowed} (got {v!r})"
+
+
+def _within(cfg: Any, name: str, low: float, high: float) -> Iterator[Problem]:
+    v = getattr(cfg, name)
+    if not low <= v <= high:
+        yield name, f"must be in [{low}, {high}] (got {v!r})"
+
+
+class Checked:
+    """Base of the config dataclasses: on construction every field is type-checked against its
+    annotation (lists become tuples), then the section's own :meth:`problems` (ranges, choices)
+    are collected; any problem raises :class:`SectionError` naming ``<section>.<key>``."""
+
+    section = ""
+
+    def __post_init__(self) -> None:
+        problems = list(self._type_problems())
+        if not problems:
+            problems = list(self.problems())
+        if problems:
+            raise SectionError(self.where(), problems)
+
+    def _type_problems(self) -> Iterator[Problem]:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, list):
+                v = tuple(v)
+                object.__setattr__(self, f.name, v)
+            if not _fits(v, hints[f.name]):
+                yield f.name, f"must be {_describe(hints[f.name])} (got {v!r})"
+
+    def where(self) -> str:
+        return self.section
+
+    def problems(self) -> Iterator[Problem]:
+        return iter(())
+
+
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(Checked):
+    section = "synth"
+
     n_patients: int = 16
     matrix: tuple[int, int] = (96, 96)
     n_slices: int = 16
@@ -37,10 +172,24 @@ class SynthConfig:
     snr_t2: float = 25.0  # ... of the T2-w spin echo
     snr_t1c: float = 30.0  # ... of the post-contrast 3D spoiled GRE
 
+    def problems(self) -> Iterator[Problem]:
+        yield from _at_least(self, ("n_patients", "n_slices"), 1)
+        if min(self.matrix) < 8:
+            yield "matrix", f"must be two integers >= 8 (x, y) (got {self.matrix!r})"
+        if not all(0 < s <= 20 for s in self.spacing_mm):
+            yield "spacing_mm", f"must be three numbers in (0, 20] mm (x, y, z) (got {self.spacing_mm!r})"
+        yield from _within(self, "max_rotation_deg", 0, 30)
+        yield from _within(self, "max_translation_mm", 0, 50)
+        yield from _within(self, "max_nonrigid_mm", 0, 10)
+        yield from _within(self, "nonrigid_grid_spacing_mm", 20, 500)
+        yield from _at_least(self, ("snr_t1", "snr_t2", "snr_t1c"), 0, strict=True)
+
 
 @dataclass(frozen=True)
-class RegisterConfig:
+class RegisterConfig(Checked):
     """``vce register`` (docs/registration.md): centred rigid, then B-spline, Mattes MI, QC thresholds."""
+
+    section = "register"
 
     shrink_factors: tuple[int, ...] = (2, 1)  # rigid stage pyramid
     smoothing_sigmas_mm: tuple[float, ...] = (2.0, 0.0)
@@ -61,19 +210,20 @@ class RegisterConfig:
     on_failure: str = "exclude"  # exclude (patient left out, listed in excluded.json) | stop (error)
     qc_png: bool = True  # <out>/<pid>/qc.png checkerboard + edge overlay
 
-    def __post_init__(self) -> None:
+    def problems(self) -> Iterator[Problem]:
         if self.on_failure not in ("exclude", "stop"):
-            raise ConfigError(f"register.on_failure must be 'exclude' or 'stop', got {self.on_failure!r}")
-        if len(self.shrink_factors) != len(self.smoothing_sigmas_mm):
-            raise ConfigError("register.shrink_factors and smoothing_sigmas_mm must have the same length")
-        if len(self.bspline_shrink_factors) != len(self.bspline_smoothing_sigmas_mm):
-            raise ConfigError("register.bspline_shrink_factors and bspline_smoothing_sigmas_mm must have the same length")
-        if self.bspline_grid_spacing_mm <= 0:
-            raise ConfigError(f"register.bspline_grid_spacing_mm must be > 0, got {self.bspline_grid_spacing_mm!r}")
+            yield "on_failure", f"must be 'exclude' or 'stop' (got {self.on_failure!r})"
+        for prefix in ("", "bspline_"):
+            shrink, sigmas = f"{prefix}shrink_factors", f"{prefix}smoothing_sigmas_mm"
+            if len(getattr(self, shrink)) != len(getattr(self, sigmas)):
+                yield "", f"{shrink} and {sigmas} must have the same length"
+        yield from _at_least(self, ("bspline_grid_spacing_mm",), 0, strict=True)
 
 
 @dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(Checked):
+    section = "split"
+
     test_ratio: float = 0.125
     image_size: int = 64
     min_body_fraction: float = 0.05
@@ -82,7 +232,9 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
+    section = "train"
+
     iterations: int = 300
     batch_size: int = 8
     lr: float = 2e-4
@@ -106,19 +258,45 @@ class TrainConfig:
     patience: int = 5  # warn when the generator has not improved for this many validations/log windows
     pgmgvce_depth: int = 2  # halvings in the PGMGVCE feature extractor (image size must be a multiple of 2^depth)
 
+    def problems(self) -> Iterator[Problem]:
+        yield from _at_least(self, ("iterations", "batch_size", "log_every", "base_channels", "val_every",
+                                    "health_window", "patience"), 1)
+        yield from _at_least(self, ("lr", "pg_eps"), 0, strict=True)
+        yield from _at_least(self, ("gp_weight", "checkpoint_every", "threads"), 0)
+        yield from _one_of(self, "gp_type", GP_TYPES)
+        yield from _one_of(self, "amp", AMP_MODES)
+        yield from _one_of(self, "keep", KEEP)
+        if self.keep == "best" and self.val_patients <= 0:
+            yield "", "keep: best needs validation (val_patients > 0)"
+        if self.val_patients < 0 or (self.val_patients >= 1 and not float(self.val_patients).is_integer()):
+            yield "val_patients", f"must be 0, a count >= 1 or a fraction in (0, 1) (got {self.val_patients!r})"
+        if not 0 <= self.ema_decay < 1:
+            yield "ema_decay", f"must be in [0, 1) (got {self.ema_decay!r})"
+
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Checked):
+    section = "evaluate"
+
     data_range: float = 4095.0
 
+    def problems(self) -> Iterator[Problem]:
+        yield from _at_least(self, ("data_range",), 0, strict=True)
+
 
 @dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(Checked):
+    section = "study"
+
     parallelism: int = 2
+    main_variant: str = ""  # the study's main model (tables, MLflow registry); must name a variant
+
+    def problems(self) -> Iterator[Problem]:
+        yield from _at_least(self, ("parallelism",), 1)
 
 
 @dataclass(frozen=True)
-class Variant:
+class Variant(Checked):
     """One training run of the study (a row of the paper's tables)."""
 
     name: str
@@ -130,20 +308,24 @@ class Variant:
     modalities: tuple[str, ...] = ("T1", "T2")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "modalities", tuple(m for m in MODALITIES if m in self.modalities))
+
+    def where(self) -> str:
+        return f"variants.{self.name}"
+
+    def problems(self) -> Iterator[Problem]:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise ConfigError(f"variant name {self.name!r} must be alphanumeric with _ or -")
-        if self.model not in MODELS:
-            raise ConfigError(f"variant {self.name}: model must be one of {MODELS}, got {self.model!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ConfigError(
-                f"variant {self.name}: normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
-            )
-        mods = tuple(self.modalities)
+            yield "name", f"must be alphanumeric with _ or - (got {self.name!r})"
+        yield from _one_of(self, "model", MODELS)
+        yield from _one_of(self, "normalization", NORMALIZATIONS)
+        mods = self.modalities
         if not mods or any(m not in MODALITIES for m in mods) or len(set(mods)) != len(mods):
-            raise ConfigError(f"variant {self.name}: modalities must be a non-empty subset of {MODALITIES}")
-        object.__setattr__(self, "modalities", tuple(m for m in MODALITIES if m in mods))
-        if min(self.lambda_pg, self.lambda_gan, self.lambda_l1) < 0:
-            raise ConfigError(f"variant {self.name}: loss weights must be >= 0")
+            yield "modalities", f"must be a non-empty subset of {MODALITIES} (got {list(mods)!r})"
+        weights = ("lambda_pg", "lambda_gan", "lambda_l1")
+        yield from _at_least(self, weights, 0)
+        if all(getattr(self, w) == 0 for w in weights):
+            yield "", "all generator loss weights are 0, nothing to train"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -154,12 +336,24 @@ class Variant:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
+    def from_json(cls, text: str) -> "Variant":
+        """A variant from its JSON object (``vce train --variant-json``, the kfp loop items)."""
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"variant JSON is not valid JSON: {exc}") from None
+        return cls.from_any(obj)
+
+    @classmethod
     def from_any(cls, obj: "Variant | dict[str, Any] | str") -> "Variant":
+        """A :class:`Variant`, its dict (``to_dict``) or its JSON text (``to_json``)."""
         if isinstance(obj, Variant):
             return obj
         if isinstance(obj, str):
-            obj = json.loads(obj)
-        return _build(cls, dict(obj), "variant")
+            return cls.from_json(obj)
+        if not isinstance(obj, dict):
+            raise ConfigError(f"a variant must be a mapping of settings, got {type(obj).__name__}")
+        return _build(cls, obj, f"variants.{obj.get('name', '?')}")
 
 
 @dataclass(frozen=True)
@@ -174,6 +368,14 @@ class Config:
     study: StudyConfig = field(default_factory=StudyConfig)
     variants: tuple[Variant, ...] = ()
 
+    def __post_init__(self) -> None:
+        where = f"profiles.{self.profile}"
+        check_int(self.seed, f"{where}.seed", 0)
+        names = [v.name for v in self.variants]
+        if names and self.study.main_variant not in names:
+            raise ConfigError(f"{where}.study.main_variant must name one of the variants {names} "
+                              f"(got {self.study.main_variant!r})")
+
     def variant(self, name: str) -> Variant:
         for v in self.variants:
             if v.name == name:
@@ -186,18 +388,34 @@ class Config:
         return d
 
 
+SECTIONS: dict[str, type] = {
+    "synth": SynthConfig,
+    "register": RegisterConfig,
+    "split": SplitConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "study": StudyConfig,
+}
+
+
+def _mapping(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {type(raw).__name__}")
+    return dict(raw)
+
+
 def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(raw) - set(names)
+    """``cls(**raw)``; unknown or missing keys and invalid values are a :class:`ConfigError` at ``where``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - names
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
-    kwargs = {}
-    for k, v in raw.items():
-        if isinstance(v, list):
-            v = tuple(v)
-        kwargs[k] = v
     try:
-        return cls(**kwargs)
+        return cls(**raw)
+    except SectionError as exc:
+        raise exc.located(where) from None
     except TypeError as exc:  # missing required key
         raise ConfigError(f"{where}: {exc}") from exc
 
@@ -223,33 +441,31 @@ def load_config(path: str | Path | None = None, profile: str | None = None) -> C
 
 def load_config_text(text: str, profile: str | None = None, source: str = "params") -> Config:
     """Like :func:`load_config`, from the YAML text itself (how the Kubeflow components get it)."""
-    path = source
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict) or "profiles" not in raw:
-        raise ConfigError(f"{path}: expected a mapping with a 'profiles' key")
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("profiles"), dict):
+        raise ConfigError(f"{source}: expected a mapping with a 'profiles' mapping")
     profile = profile or raw.get("profile") or "demo"
     profiles = raw["profiles"]
     if profile not in profiles:
-        raise ConfigError(f"{path}: no profile {profile!r}; known: {sorted(profiles)}")
-    p = dict(profiles[profile])
-    where = f"{path}:profiles.{profile}"
-    sections = {
-        "synth": SynthConfig,
-        "register": RegisterConfig,
-        "split": SplitConfig,
-        "train": TrainConfig,
-        "evaluate": EvaluateConfig,
-        "study": StudyConfig,
-    }
-    unknown = set(p) - set(sections) - {"seed"}
+        raise ConfigError(f"{source}: no profile {profile!r}; known: {sorted(profiles)}")
+    where = f"{source}:profiles.{profile}"
+    p = _mapping(profiles[profile], where)
+    unknown = set(p) - set(SECTIONS) - {"seed"}
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}")
-    built = {k: _build(c, dict(p.get(k) or {}), f"{where}.{k}") for k, c in sections.items()}
-    raw_variants = raw.get("variants") or {}
-    if not isinstance(raw_variants, dict):
-        raise ConfigError(f"{path}: 'variants' must be a mapping of name -> settings")
-    variants = tuple(_build(Variant, {"name": k, **dict(v)}, f"{path}:variants.{k}") for k, v in raw_variants.items())
-    return Config(profile=profile, seed=int(p.get("seed", 0)), variants=variants, **built)
+    built = {k: _build(c, _mapping(p.get(k), f"{where}.{k}"), f"{where}.{k}") for k, c in SECTIONS.items()}
+    variants = _variants(raw, source)
+    try:
+        return Config(profile=profile, seed=p.get("seed", 0), variants=variants, **built)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}:{exc}") from None
+
+
+def _variants(raw: dict[str, Any], source: str) -> tuple[Variant, ...]:
+    """The file's ``variants`` mapping (name -> settings), in file order."""
+    raw_variants = _mapping(raw.get("variants"), f"{source}:variants")
+    return tuple(_build(Variant, {"name": k, **_mapping(v, f"{source}:variants.{k}")}, f"{source}:variants.{k}")
+                 for k, v in raw_variants.items())

@@ -26,7 +26,7 @@ from .io.atomic import atomic_dir, write_json
 from .io.errors import VCEInputError
 from .io.nifti import PATIENT_FILES, read_volume, to_uint12, write_volume
 from .metrics import slice_metrics
-from .models.factory import load_generator
+from .models.checkpoint import load_generator
 from .reporting.montage import save_montage
 from .tracking import Tracker
 

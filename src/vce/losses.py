@@ -1,4 +1,6 @@
-"""Loss functions of the study: pixelwise gradient (paper eq. 1-2), LSGAN (eq. 3), R1 and WGAN-GP.
+"""Loss functions of the study: pixelwise gradient (paper eq. 1-2), LSGAN (eq. 3), R1 and WGAN-GP,
+and the two weighted objectives the trainer minimises (:func:`generator_objective`,
+:func:`discriminator_objective`).
 
 All functions take and return ``torch`` tensors and are differentiable. The trainer casts
 network outputs to float32 before calling them (the losses are never evaluated in fp16/bf16).
@@ -15,6 +17,7 @@ smallest edge contrast one cares about.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,9 @@ __all__ = [
     "r1_penalty",
     "wgan_gp_penalty",
     "l1_loss",
+    "LossWeights",
+    "generator_objective",
+    "discriminator_objective",
 ]
 
 
@@ -163,3 +169,70 @@ def wgan_gp_penalty(
 def l1_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute error (the MMgSN-Net baseline's reconstruction term)."""
     return F.l1_loss(output, target)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The generator's loss weights of one study variant (``Variant.lambda_*``); the paper's
+    "ratio" is ``pg : gan`` (section 2.5.1); ``l1`` is the MMgSN-Net baseline's term."""
+
+    pg: float
+    gan: float
+    l1: float
+
+
+def generator_objective(
+    fake: torch.Tensor,
+    target: torch.Tensor,
+    d_of_fake: Callable[[], torch.Tensor],
+    d_fake_seen: torch.Tensor,
+    weights: LossWeights,
+    pg_eps: float,
+) -> dict[str, torch.Tensor]:
+    """The generator's objective (paper section 2.2 with eq. 2 and 3, plus the baseline's L1)::
+
+        loss_g = lambda_gan * LSGAN_G(D(x, fake)) + lambda_pg * PG(fake, y) + lambda_l1 * L1(fake, y)
+
+    ``fake``/``target``: ``(B, 1, H, W)`` float32. ``d_of_fake()``: PatchGAN scores of ``fake``
+    with gradients into ``fake`` (called only when ``lambda_gan > 0``); ``d_fake_seen``: the
+    discriminator step's scores of the detached ``fake``, used to *report* the GAN term when its
+    weight is 0. A term whose weight is 0 is computed without gradients (it costs no backward)
+    and still returned, so every run logs the same columns. Returns float32 scalars
+    ``loss_g, loss_pg, loss_gan, loss_l1``; ``loss_g`` and the trained terms carry the graph
+    (report them ``.detach()``-ed), the zero-weight terms none.
+    """
+    if weights.pg + weights.gan + weights.l1 <= 0:
+        raise ValueError(f"all generator loss weights are 0 ({weights}): nothing to train")
+    if weights.gan > 0:
+        gan = lsgan_g_loss(d_of_fake().float())
+    else:
+        gan = lsgan_g_loss(d_fake_seen.detach().float())
+    pg = _term(weights.pg > 0, lambda: pixelwise_gradient_loss(fake, target, pg_eps))
+    l1 = _term(weights.l1 > 0, lambda: l1_loss(fake, target))
+    terms = [w * t for w, t in ((weights.gan, gan), (weights.pg, pg), (weights.l1, l1)) if w > 0]
+    return {"loss_g": sum(terms[1:], terms[0]), "loss_pg": pg, "loss_gan": gan, "loss_l1": l1}
+
+
+def discriminator_objective(
+    d_real: torch.Tensor, d_fake: torch.Tensor, penalty: Callable[[], torch.Tensor], gp_weight: float
+) -> dict[str, torch.Tensor]:
+    """The discriminator's objective (paper eq. 3, a=0, b=1, plus a gradient penalty)::
+
+        loss_d = LSGAN_D(D(x, y), D(x, G(x))) + gp_weight * GP
+
+    ``d_real``/``d_fake``: PatchGAN scores of the real and the (detached) generated T1C;
+    ``penalty()``: the unweighted penalty (:func:`r1_penalty` or :func:`wgan_gp_penalty`),
+    called only when ``gp_weight > 0`` (else ``gp`` is 0 and costs nothing). Returns float32
+    scalars ``loss_d`` (with graph) and ``gp``.
+    """
+    loss_d_gan = lsgan_d_loss(d_real.float(), d_fake.float())
+    gp = penalty() if gp_weight > 0 else loss_d_gan.new_zeros(())
+    return {"loss_d": loss_d_gan + gp_weight * gp, "gp": gp}
+
+
+def _term(trained: bool, loss: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``loss()`` with gradients when the term is trained, else under ``torch.no_grad()``."""
+    if trained:
+        return loss()
+    with torch.no_grad():
+        return loss()

@@ -3,7 +3,7 @@
 MLflow stores this file's source next to the trainer's ``checkpoint.pt`` (an artifact named
 ``checkpoint``). Loading (``mlflow.pyfunc.load_model(uri)``) runs this file, which rebuilds the
 network from the checkpoint's plain tensors with ``torch.load(weights_only=True)``
-(:func:`vce.models.factory.load_generator`), so nothing arbitrary is unpickled.
+(:func:`vce.models.checkpoint.load_generator`), so nothing arbitrary is unpickled.
 
 Model I/O (the logged signature): input ``float32 (N, C, S, S)`` normalised slices with the
 variant's modalities as channels (T1 before T2), ``S`` = the training ``image_size``; output
@@ -26,7 +26,7 @@ class VCEGeneratorModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper around a trained VCE generator."""
 
     def load_context(self, context: Any) -> None:
-        from vce.models.factory import load_generator
+        from vce.models.checkpoint import load_generator
 
         self.generator, self.meta = load_generator(context.artifacts["checkpoint"])
 

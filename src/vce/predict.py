@@ -24,7 +24,7 @@ from .inference import input_statistics, synthesize_t1c
 from .io.errors import VCEInputError
 from .io.images import CANONICAL_ORIENTATION, read_image
 from .io.nifti import to_uint12, write_volume
-from .models.factory import load_generator
+from .models.checkpoint import load_generator
 from .prep.normalization import apply_calibration
 from .prep.registration import register_image
 

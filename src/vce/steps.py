@@ -83,7 +83,7 @@ def train(
     normalized: str | Path,
     out: str | Path,
     cfg: Config,
-    variant: Variant | str | dict,
+    variant: Variant | str,
     tracking_uri: str | None = None,
     parent_run_id: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
@@ -91,13 +91,14 @@ def train(
     state_dir: str | Path | None = None,
     device: str | None = None,
 ) -> Path:
-    """Train one variant on ``<normalized>/<variant.normalization>``; the checkpoint carries what
-    ``predict`` needs (image size, slice selection, T1C calibration, MLflow run id).
+    """Train one variant (a :class:`Variant`, or the name of one of ``cfg.variants``) on
+    ``<normalized>/<variant.normalization>``; the checkpoint carries what ``predict`` needs (image
+    size, slice selection, T1C calibration, MLflow run id).
     ``resume`` / ``state_dir`` / ``device``: see :func:`vce.training.trainer.train_variant`. Under
     ``torchrun`` only rank 0 logs to MLflow."""
     from .training.trainer import train_variant
 
-    v = cfg.variant(variant) if isinstance(variant, str) and not variant.lstrip().startswith("{") else Variant.from_any(variant)
+    v = variant if isinstance(variant, Variant) else cfg.variant(variant)
     normalized = Path(normalized)
     params = json.loads((normalized / "params.json").read_text()) if (normalized / "params.json").is_file() else {}
     if int(os.environ.get("RANK", "0")) != 0:
@@ -132,14 +133,13 @@ def train(
 
 
 def _log_model(tracker: MlflowTracker, run_dir: Path, cfg: Config, v: Variant) -> None:
-    """Log the generator as an MLflow model; the study's main variant (the first in params.yaml)
+    """Log the generator as an MLflow model; the study's main variant (``study.main_variant``)
     also becomes a new version of ``vce-pgmgvce-<profile>`` with the alias ``champion``."""
     from .tracking import log_generator_model, registered_model_name
 
-    main = cfg.variants[0].name if cfg.variants else None
     info = log_generator_model(
         tracker, run_dir / "checkpoint.pt", cfg.split.image_size, len(v.modalities),
-        registered_name=registered_model_name(cfg.profile) if v.name == main else None,
+        registered_name=registered_model_name(cfg.profile) if v.name == cfg.study.main_variant else None,
     )
     tracker.set_tags({"vce.model_uri": info["model_uri"]})
 
@@ -150,7 +150,7 @@ def evaluate(
 ) -> pd.DataFrame:
     """Evaluate a trained variant; metrics go to the variant's MLflow run when it has one."""
     from .evaluation import evaluate_variant
-    from .models.factory import load_generator
+    from .models.checkpoint import load_generator
 
     _, meta = load_generator(Path(model_dir) / "checkpoint.pt")
     md = meta.get("metadata") or {}
@@ -171,11 +171,10 @@ def compare(
     variants = []
     for d in eval_dirs:
         d = Path(d)
-        v = Variant.from_any(json.loads((d / "variant.json").read_text()))
+        v = Variant.from_json((d / "variant.json").read_text())
         dirs[v.name] = d
         variants.append(v)
-    main = cfg.variants[0].name if cfg.variants else "pgmgvce_main"
-    tables = build(dirs, variants, out, main=main)
+    tables = build(dirs, variants, out, main=cfg.study.main_variant)
     if parent_run_id and tracking_uri:
         tr = MlflowTracker(tracking_uri, parent_run_id)
         for name in dirs:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -16,16 +15,6 @@ from .config import Config, default_params_path
 from .io.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _import_pipeline():
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from pipelines.vce_study import build_pipeline, default_arguments
-
-    return build_pipeline, default_arguments
 
 
 def run_study(
@@ -39,6 +28,7 @@ def run_study(
 ) -> Path:
     """Run the study DAG locally; returns the report directory (``<out>/report``)."""
     from kfp import local
+    from pipelines.vce_study import build_pipeline, default_arguments
 
     from . import steps
     from .tracking import DEFAULT_EXPERIMENT
@@ -51,7 +41,6 @@ def run_study(
         steps.synth(data, cfg)
     else:
         check_synthetic_cohort(data, cfg)
-    build_pipeline, default_arguments = _import_pipeline()
     defaults = default_arguments(params_path)
     experiment = experiment or DEFAULT_EXPERIMENT
     root = out / "kfp"
@@ -59,10 +48,10 @@ def run_study(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     pipeline = build_pipeline(parallelism=parallelism or cfg.study.parallelism, defaults=defaults)
     logger.info("running the study DAG (%d variants, profile %s) with the kfp local runner; artifacts under %s",
-                len(defaults["variants"]), cfg.profile, root)
+                len(cfg.variants), cfg.profile, root)
     task = pipeline(
-        params_yaml=defaults["params_yaml"], profile=cfg.profile, variants=defaults["variants"],
-        source_dir=str(data), tracking_uri=tracking_uri or "", experiment=experiment,
+        params_yaml=defaults["params_yaml"], profile=cfg.profile, source_dir=str(data),
+        tracking_uri=tracking_uri or "", experiment=experiment,
     )
     src = Path(task.output.path)
     report = out / "report"

@@ -1,21 +1,30 @@
-"""Build generators / discriminators by name, count parameters, load trained generators."""
+"""Build generators / discriminators by name and count parameters (loading a trained one: vce.models.checkpoint)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from vce.io.errors import VCEInputError
+from vce.config import MODELS
 from vce.models.discriminator import PatchDiscriminator, adapt_n_layers
 from vce.models.mmgsn import MMgSNGenerator
 from vce.models.pgmgvce import PGMGVCEGenerator
 
-__all__ = ["GENERATORS", "build_generator", "build_discriminator", "count_parameters", "load_generator"]
+__all__ = ["GENERATORS", "build_generator", "build_discriminator", "count_parameters", "output_for"]
 
-GENERATORS: dict[str, type[nn.Module]] = {"pgmgvce": PGMGVCEGenerator, "mmgsn": MMgSNGenerator}
+
+def _model_name(cls: type[nn.Module]) -> str:
+    """A generator class is named after its ``Variant.model``: ``PGMGVCEGenerator`` -> ``pgmgvce``."""
+    return cls.__name__.removesuffix("Generator").lower()
+
+
+#: ``Variant.model`` -> generator class; the names are ``vce.config.MODELS`` (checked at import).
+GENERATORS: dict[str, type[nn.Module]] = {_model_name(c): c for c in (PGMGVCEGenerator, MMgSNGenerator)}
+if tuple(GENERATORS) != MODELS:
+    raise ImportError(f"vce.models.factory implements the generators {tuple(GENERATORS)}, "
+                      f"but vce.config.MODELS lists {MODELS}")
 
 
 OUTPUTS = ("linear", "sigmoid")
@@ -85,32 +94,3 @@ def build_discriminator(
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) scalar parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def load_generator(checkpoint_path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Load a trainer checkpoint (``torch.load(weights_only=True)``) and rebuild its generator.
-
-    Returns ``(generator in eval mode, metadata)`` where metadata is the checkpoint without the
-    state dicts: ``variant`` (dict), ``model`` ({name, n_modalities, base_channels, optional
-    output and arch (dict of :func:`build_generator` keywords)}), ``iterations``,
-    ``seed`` and whatever else the trainer stored.
-    """
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise VCEInputError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling/format error is a bad input file
-        raise VCEInputError(f"{path}: not a loadable checkpoint: {exc}") from exc
-    if not isinstance(ckpt, dict) or "generator" not in ckpt or "model" not in ckpt:
-        raise VCEInputError(f"{path}: not a VCE trainer checkpoint (needs 'generator' and 'model' keys)")
-    spec = ckpt["model"]
-    try:
-        gen = build_generator(str(spec["name"]), int(spec["n_modalities"]), int(spec["base_channels"]),
-                              str(spec.get("output", "linear")), **dict(spec.get("arch") or {}))
-        gen.load_state_dict(ckpt["generator"])
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise VCEInputError(f"{path}: cannot rebuild the generator from {spec!r}: {exc}") from exc
-    gen.eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("generator", "discriminator")}
-    return gen, meta

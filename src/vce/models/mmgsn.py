@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vce.models.pgmgvce import check_generator_args, check_image_size, conv_block
+from vce.models.blocks import check_generator_args, check_image_size, conv_block
 
 __all__ = ["ModalityEncoder", "MixedFusionBlock", "SelfAttention", "MultiLevelOutput", "MMgSNGenerator"]
 

@@ -282,37 +282,21 @@ def write_qc_png(path: str | Path, t2: np.ndarray, before: dict[str, np.ndarray]
     ``t2`` and the modality volumes are (z, y, x) arrays on the T2 grid; the slice shown is the
     one with the largest body area.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ..image_grid import Panel, image_grid
 
     body = body_mask(t2)
     k = int(np.argmax(body.reshape(len(body), -1).sum(1)))
     tile = max(4, t2.shape[2] // 8)
-    fig = Figure(figsize=(7.5, 2.5 * len(after) + 0.3))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(after), 3, squeeze=False)
-    for r, mod in enumerate(after):
-        panels = (
-            (_checkerboard(t2[k], before[mod][k], tile), f"T2 | {mod} before"),
-            (_checkerboard(t2[k], after[mod][k], tile), f"T2 | {mod} registered"),
-            (None, f"{mod} edges on T2"),
-        )
-        for c, (img, title) in enumerate(panels):
-            ax = axes[r][c]
-            if img is None:
-                ax.imshow(_norm01(t2[k]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-                rgba = np.zeros(t2[k].shape + (4,), dtype=np.float32)
-                rgba[..., 0] = 1.0
-                rgba[..., 3] = 0.8 * _edges(after[mod][k])
-                ax.imshow(rgba, interpolation="nearest")
-            else:
-                ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(title, fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle(f"{pid}, slice z={k}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(str(path), format="png", dpi=72, metadata={"Software": None})
+    rows = [
+        [
+            Panel(_checkerboard(t2[k], before[mod][k], tile), 0, 1, interpolation="nearest", title=f"T2 | {mod} before"),
+            Panel(_checkerboard(t2[k], after[mod][k], tile), 0, 1, interpolation="nearest", title=f"T2 | {mod} registered"),
+            Panel(_norm01(t2[k]), 0, 1, interpolation="nearest", overlay=_edges(after[mod][k]), overlay_alpha=0.8,
+                  title=f"{mod} edges on T2"),
+        ]
+        for mod in after
+    ]
+    image_grid(rows, path, title=f"{pid}, slice z={k}", panel_size=2.5, dpi=72, fontsize=8)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,37 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..io.atomic import atomic_file  # noqa: E402
+from ..image_grid import Panel, image_grid
 
 
 def save_montage(rows: list[tuple[str, dict[str, np.ndarray]]], path: str | Path, vmax: float | None = None) -> Path:
     """Save a grid: one row per ``(label, {column title: 2D image})``; error columns (title starting
     with '|') use a separate colour scale. Written atomically."""
     ncol = max(len(c) for _, c in rows)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(2.4 * ncol, 2.5 * len(rows)), squeeze=False)
-    for r, (label, cols) in enumerate(rows):
+    grid: list[list[Panel | None]] = []
+    for _, cols in rows:
         grey = [v for k, v in cols.items() if not k.startswith("|")]
         top = vmax if vmax is not None else max(float(np.percentile(v, 99.5)) for v in grey)
-        for c, (title, img) in enumerate(cols.items()):
-            ax = axes[r, c]
-            if title.startswith("|"):
-                im = ax.imshow(img, cmap="magma", vmin=0, vmax=max(top * 0.25, 1e-6))
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-            else:
-                ax.imshow(img, cmap="gray", vmin=0, vmax=top)
-            ax.set_title(title if r == 0 else "", fontsize=9)
-            ax.set_xticks([]), ax.set_yticks([])
-        axes[r, 0].set_ylabel(label, fontsize=9)
-        for c in range(len(cols), ncol):
-            axes[r, c].axis("off")
-    fig.tight_layout()
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return Path(path)
+        grid.append([
+            Panel(img, 0, max(top * 0.25, 1e-6), cmap="magma", colorbar=True) if title.startswith("|") else Panel(img, 0, top)
+            for title, img in cols.items()
+        ] + [None] * (ncol - len(cols)))
+    titles = list(rows[0][1]) + [""] * (ncol - len(rows[0][1]))
+    return image_grid(grid, path, col_titles=titles, row_labels=[label for label, _ in rows], panel_size=(2.4, 2.5), dpi=110)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -27,8 +26,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..config import SynthConfig
-from ..io.atomic import atomic_dir, atomic_file, write_json
+from ..config import SynthConfig, check_int
+from ..io.atomic import atomic_dir, write_json
 from ..io.nifti import PATIENT_FILES, to_uint12, write_volume
 from . import motion as motion_mod
 from .anatomy import CHANNELS, Atlas, PatientBrain, SmoothNoise, atlas_images, load_atlas, random_deformation, sample_vessels, set_atlas
@@ -57,42 +56,12 @@ def patient_id(index: int) -> str:
 
 
 def validate(cfg: SynthConfig, seed: int = 0, workers: int = 1) -> None:
-    """Raise ValueError naming the first bad argument."""
+    """Raise ValueError naming the first bad argument. The settings themselves are checked when a
+    :class:`SynthConfig` is made (``vce.config``); ``seed`` and ``workers`` are not config fields."""
     if not isinstance(cfg, SynthConfig):
         raise ValueError(f"cfg must be a SynthConfig, got {type(cfg).__name__}")
-
-    def is_int(v) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    def finite(v) -> bool:
-        return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-    if not is_int(cfg.n_patients) or cfg.n_patients < 1:
-        raise ValueError(f"synth.n_patients must be an integer >= 1, got {cfg.n_patients!r}")
-    if len(tuple(cfg.matrix)) != 2 or not all(is_int(m) and m >= 8 for m in cfg.matrix):
-        raise ValueError(f"synth.matrix must be two integers >= 8 (x, y), got {cfg.matrix!r}")
-    if not is_int(cfg.n_slices) or cfg.n_slices < 1:
-        raise ValueError(f"synth.n_slices must be an integer >= 1, got {cfg.n_slices!r}")
-    if len(tuple(cfg.spacing_mm)) != 3 or not all(finite(s) and s > 0 for s in cfg.spacing_mm):
-        raise ValueError(f"synth.spacing_mm must be three positive numbers (x, y, z) in mm, got {cfg.spacing_mm!r}")
-    if not all(finite(s) and s <= 20 for s in cfg.spacing_mm):
-        raise ValueError(f"synth.spacing_mm must be at most 20 mm, got {cfg.spacing_mm!r}")
-    if not finite(cfg.max_rotation_deg) or not 0 <= cfg.max_rotation_deg <= 30:
-        raise ValueError(f"synth.max_rotation_deg must be in [0, 30], got {cfg.max_rotation_deg!r}")
-    if not finite(cfg.max_translation_mm) or not 0 <= cfg.max_translation_mm <= 50:
-        raise ValueError(f"synth.max_translation_mm must be in [0, 50], got {cfg.max_translation_mm!r}")
-    if not finite(cfg.max_nonrigid_mm) or not 0 <= cfg.max_nonrigid_mm <= 10:
-        raise ValueError(f"synth.max_nonrigid_mm must be in [0, 10], got {cfg.max_nonrigid_mm!r}")
-    if not finite(cfg.nonrigid_grid_spacing_mm) or not 20 <= cfg.nonrigid_grid_spacing_mm <= 500:
-        raise ValueError(f"synth.nonrigid_grid_spacing_mm must be in [20, 500], got {cfg.nonrigid_grid_spacing_mm!r}")
-    for name in ("snr_t1", "snr_t2", "snr_t1c"):
-        v = getattr(cfg, name)
-        if not finite(v) or v <= 0:
-            raise ValueError(f"synth.{name} must be a positive number, got {v!r}")
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if not is_int(workers) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    check_int(seed, "seed", 0)
+    check_int(workers, "workers", 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -369,33 +338,19 @@ def _init_worker(atlas: Atlas, threads: int) -> None:
 
 def write_montage(path: str | Path, rows: list[tuple[str, dict[str, np.ndarray]]]) -> None:
     """rows of (pid, slices) -> PNG: columns T1, T2, T1C, T2 + tumour mask overlay."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ..image_grid import Panel, image_grid
+
+    def panel(sl: dict[str, np.ndarray], col: str) -> Panel:
+        base = sl["T2"] if col == "mask" else sl[col]
+        vmax = float(np.percentile(base, 99.5)) or 1.0
+        return Panel(base, 0, vmax, interpolation="nearest", overlay=sl["mask"] if col == "mask" else None, overlay_alpha=0.45)
 
     cols = ("T1", "T2", "T1C", "mask")
-    fig = Figure(figsize=(2.4 * len(cols), 2.4 * len(rows) + 0.3))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(rows), len(cols), squeeze=False)
-    for r, (pid, sl) in enumerate(rows):
-        for c, col in enumerate(cols):
-            ax = axes[r][c]
-            base = sl["T2"] if col == "mask" else sl[col]
-            vmax = float(np.percentile(base, 99.5)) or 1.0
-            ax.imshow(base, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
-            if col == "mask":
-                rgba = np.zeros(sl["mask"].shape + (4,), dtype=np.float32)
-                rgba[..., 0] = 1.0
-                rgba[..., 3] = 0.45 * (sl["mask"] > 0)
-                ax.imshow(rgba, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title("T2 + tumour mask" if col == "mask" else col, fontsize=10)
-            if c == 0:
-                ax.set_ylabel(f"{pid} z={int(sl['slice'])}", fontsize=9)
-    fig.tight_layout()
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=80, metadata={"Software": None})
+    image_grid(
+        [[panel(sl, col) for col in cols] for _, sl in rows], path,
+        col_titles=["T2 + tumour mask" if col == "mask" else col for col in cols],
+        row_labels=[f"{pid} z={int(sl['slice'])}" for pid, sl in rows], panel_size=2.4, dpi=80,
+    )
 
 
 def synthesize_cohort(out_dir: str | Path, cfg: SynthConfig, seed: int, workers: int = 1) -> list[str]:

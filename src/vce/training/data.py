@@ -23,7 +23,7 @@ import torch
 from vce.config import MODALITIES
 from vce.io.errors import VCEInputError
 
-__all__ = ["TARGET", "SliceDataset", "SeededBatchSampler", "check_split", "holdout_patients"]
+__all__ = ["TARGET", "SliceDataset", "SeededBatchSampler", "check_split", "holdout_patients", "training_sets"]
 
 TARGET = "T1C"
 
@@ -213,3 +213,24 @@ def holdout_patients(
     val = sorted(str(p) for p in rng.choice(unique, size=k, replace=False))
     is_val = np.isin(patients, val)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val), val
+
+
+def training_sets(
+    norm_dir: str | Path, modalities: Sequence[str], val_patients: float, seed: int
+) -> tuple[SliceDataset, SliceDataset | None, list[str]]:
+    """The TRAIN split of ``norm_dir`` as ``(train, validation or None, validation patients)``.
+
+    With ``val_patients > 0`` whole patients are held out (:func:`holdout_patients`); the
+    ``index.csv`` must then have one row per slice of the store.
+    """
+    if val_patients <= 0:
+        return SliceDataset(norm_dir, "train", modalities), None, []
+    train_rows, val_rows, val_pids = holdout_patients(norm_dir, "train", val_patients, seed)
+    full = SliceDataset(norm_dir, "train", modalities)
+    n_index = len(train_rows) + len(val_rows)
+    if n_index != len(full):
+        raise VCEInputError(
+            f"{Path(norm_dir) / 'train' / 'index.csv'}: {n_index} rows but the slice store has {len(full)} slices"
+        )
+    train = SliceDataset(norm_dir, "train", modalities, rows=train_rows)
+    return train, SliceDataset(norm_dir, "train", modalities, rows=val_rows), val_pids

@@ -1,0 +1,94 @@
+"""``vce`` argument handling: a variant by name or as JSON (parsed once), bad params fail before any step."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import ROOT
+from vce import cli
+from vce.config import Variant
+
+PARAMS = str(ROOT / "params.yaml")
+CUSTOM = {"name": "ratio_2to1", "lambda_pg": 2.0, "modalities": ["T2"]}
+
+
+def _train_args(*variant: str, nproc: int = 1):
+    return cli.build_parser().parse_args(["train", *variant, "--params", PARAMS, "--profile", "tiny",
+                                          "--nproc", str(nproc), "--no-tracking"])
+
+
+def test_variant_by_name_or_json(tiny_cfg):
+    by_name = _train_args("--variant", "t1_only")
+    assert cli._variant(by_name, tiny_cfg) == tiny_cfg.variant("t1_only")
+    by_json = _train_args("--variant-json", json.dumps(CUSTOM))
+    assert cli._variant(by_json, tiny_cfg) == Variant.from_any(CUSTOM)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train"],  # one of the two is required
+        ["train", "--variant", "t1_only", "--variant-json", json.dumps(CUSTOM)],  # not both
+    ],
+)
+def test_variant_flags_exclusive_and_required(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert "--variant" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "variant, match",
+    [
+        (["--variant", '{"name": "x"}'], "no variant named"),  # JSON is not sniffed out of --variant
+        (["--variant", "nope"], "no variant named 'nope'"),
+        (["--variant-json", "{name: x}"], "not valid JSON"),
+        (["--variant-json", '{"name": "x", "lambda_pg": "two"}'], r"variants\.x\.lambda_pg must be a finite number"),
+    ],
+)
+def test_bad_variant_exits_2_naming_it(variant, match, capsys, tmp_path):
+    out = tmp_path / "run"
+    rc = cli.main(["train", *variant, "--params", PARAMS, "--profile", "tiny", "--normalized", str(tmp_path),
+                   "--out", str(out), "--no-tracking"])
+    assert rc == 2
+    assert not list(tmp_path.iterdir())  # nothing written
+    assert re.search(match, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("variant", [["--variant", "t1_only"], ["--variant-json", json.dumps(CUSTOM)]])
+def test_torchrun_relaunch_keeps_the_variant(variant, monkeypatch, tiny_cfg):
+    """``--nproc 2`` reruns the same command under torchrun with the variant given the same way."""
+    import subprocess
+
+    seen: dict[str, list[str]] = {}
+
+    def fake_run(cmd, check):
+        seen["cmd"] = cmd
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    args = _train_args(*variant, nproc=2)
+    assert cli._train(args, tiny_cfg) == 0
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("-m", cmd.index("--nproc_per_node=2")) + 1] == "vce.cli"
+    inner = cli.build_parser().parse_args(cmd[cmd.index("vce.cli") + 1:])
+    assert cli._variant(inner, tiny_cfg) == cli._variant(args, tiny_cfg)
+    assert inner.out == str(cli.OUT / "runs" / cli._variant(args, tiny_cfg).name)
+
+
+def test_bad_params_fail_before_the_step_runs(tmp_path, capsys):
+    """A bad params.yaml stops `vce synth` at load: exit 2, the key named, no cohort started."""
+    text = (ROOT / "params.yaml").read_text()
+    head, tiny = text.split("  tiny:\n")
+    bad = tmp_path / "params.yaml"
+    bad.write_text(head + "  tiny:\n" + tiny.replace("iterations: 4\n", "iterations: -5\n", 1))
+    out = tmp_path / "data"
+    assert cli.main(["synth", "--params", str(bad), "--profile", "tiny", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "profiles.tiny.train.iterations must be >= 1 (got -5)" in err
+    assert not out.exists()

@@ -1,0 +1,80 @@
+"""The study's wiring: the main variant comes from ``study.main_variant``, the kfp loop items from
+the params text, and the kfp code is an installed package (no sys.path edits)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from vce.config import load_config_text
+
+
+def _with_main(cfg, name: str):
+    return dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, main_variant=name))
+
+
+def test_compare_passes_main_variant(tiny_cfg, tmp_path, monkeypatch):
+    from vce import steps
+    from vce.reporting import tables
+
+    seen = {}
+    monkeypatch.setattr(tables, "compare", lambda dirs, variants, out, *, main: seen.update(main=main, dirs=dirs) or {})
+    for v in tiny_cfg.variants[:3]:
+        (tmp_path / v.name).mkdir()
+        (tmp_path / v.name / "variant.json").write_text(v.to_json())
+    cfg = _with_main(tiny_cfg, "ratio_1to10")
+    steps.compare([tmp_path / v.name for v in tiny_cfg.variants[:3]], tmp_path / "report", cfg)
+    assert seen["main"] == "ratio_1to10"  # not the first variant of params.yaml
+    assert list(seen["dirs"]) == [v.name for v in tiny_cfg.variants[:3]]
+
+
+@pytest.mark.parametrize("name, registered", [("ratio_10to1", True), ("pgmgvce_main", False)])
+def test_only_the_main_variant_is_registered(tiny_cfg, tmp_path, monkeypatch, name, registered):
+    from vce import steps, tracking
+
+    calls = {}
+
+    def fake_log(tracker, checkpoint, image_size, n_modalities, registered_name=None):
+        calls["registered_name"] = registered_name
+        return {"model_uri": "runs:/x/model"}
+
+    class Tracker:
+        def set_tags(self, tags):
+            calls["tags"] = tags
+
+    monkeypatch.setattr(tracking, "log_generator_model", fake_log)
+    cfg = _with_main(tiny_cfg, "ratio_10to1")
+    steps._log_model(Tracker(), tmp_path, cfg, cfg.variant(name))
+    assert calls["registered_name"] == (tracking.registered_model_name(cfg.profile) if registered else None)
+
+
+def test_loop_items_come_from_the_params_text():
+    from components.training import variants_op
+    from pipelines.vce_study import default_arguments
+
+    d = default_arguments(ROOT / "params.yaml")
+    assert set(d) == {"params_yaml", "profile"}  # no second list of variants to disagree with the text
+    items = variants_op.python_func(d["params_yaml"], "tiny")
+    cfg = load_config_text(d["params_yaml"], "tiny")
+    assert items == [v.to_json() for v in cfg.variants]
+    text = (ROOT / "params.yaml").read_text()
+    fewer = text.replace("  t2_only: {", "  #t2_only: {").replace("  t1_only: {", "  #t1_only: {")
+    names = [json.loads(i)["name"] for i in variants_op.python_func(fewer, "tiny")]
+    assert names == [v.name for v in cfg.variants if v.name not in ("t1_only", "t2_only")]
+
+
+def test_kfp_code_imports_without_the_repo_root_on_sys_path(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import json, sys, pipelines.vce_study, components.training; print(json.dumps(sys.path))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert ROOT.resolve() not in {Path(p).resolve() for p in json.loads(proc.stdout) if p}
+    study = (ROOT / "src" / "vce" / "study.py").read_text()
+    assert "sys.path" not in study
