@@ -227,6 +227,84 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
+def _check_locations(src: Path, out: Path, mapping_path: Path) -> None:
+    """Refuse a missing ``src``, nested ``src``/``out``, and a mapping inside ``out``."""
+    if not src.is_dir():
+        raise VCEInputError(f"{src}: source directory not found")
+    if _inside(out, src) or _inside(src, out):
+        raise VCEInputError(f"--out {out} and --src {src} must not contain each other")
+    if _inside(mapping_path, out):
+        raise VCEInputError(f"{mapping_path}: the pseudonym mapping must not be written inside the de-identified output {out}")
+
+
+def _source_folders(src: Path) -> list[Path]:
+    """The patient folders of ``src`` (sorted, hidden ones skipped); at least one."""
+    folders = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise VCEInputError(f"{src}: no patient folders found")
+    return folders
+
+
+def _shared_patient_ids(cases: list[Case]) -> list[str]:
+    """One problem per case whose DICOM PatientID an earlier case already holds."""
+    errors = []
+    owner: dict[str, Case] = {}
+    for c in cases:
+        for p in c.patient_ids:
+            if p in owner:
+                errors.append(
+                    f"{c.folder}: source folders {owner[p].folder.name} and {c.folder.name} hold the same DICOM PatientID "
+                    "(duplicate patient); import each patient once"
+                )
+            owner[p] = c
+    return errors
+
+
+def _resolve_cases(src: Path, folders: list[Path], rules: dict[str, SeriesRule]) -> list[Case]:
+    """Resolve every source folder; all problems together in one :class:`VCEInputError`."""
+    errors = [f"{src / later}: source folders {first} and {later} differ only in case (duplicate patient?)"
+              for first, later in case_duplicates(f.name for f in folders)]
+    cases: list[Case] = []
+    for f in folders:
+        try:
+            cases.append(resolve_case(f, rules))
+        except VCEInputError as exc:
+            errors.append(str(exc))
+    errors += _shared_patient_ids(cases)
+    if errors:
+        raise VCEInputError(f"import of {src} failed ({len(errors)} problem(s)):\n  " + "\n  ".join(errors))
+    return cases
+
+
+def _import_case(case: Case, pid: str, patient_out: Path) -> dict[str, dict[str, Any]]:
+    """Read, reorient and write one case's volumes into the new folder ``patient_out``; per modality its summary."""
+    patient_out.mkdir()
+    info = {}
+    try:
+        for mod, source in case.sources.items():
+            img = _read(source, mod, pid)
+            write_deidentified(img, patient_out / PATIENT_FILES[mod])
+            info[mod] = {
+                "source": "dicom" if source.kind == "dicom" else "file",
+                "size": list(img.GetSize()),
+                "spacing_mm": [round(s, 4) for s in img.GetSpacing()],
+            }
+    except VCEInputError as exc:
+        raise VCEInputError(f"source folder {case.folder.name} ({pid}): {exc}") from exc
+    logger.info("imported %s: %s", pid, ", ".join(f"{m} {v['source']} {v['size']}" for m, v in info.items()))
+    return info
+
+
+def _write_mapping(mapping_path: Path, entries: list[dict[str, Any]]) -> None:
+    """Write the pseudonym mapping (entries sorted by pseudonym)."""
+    write_json(mapping_path, {
+        "note": "vce import pseudonym mapping: links pseudonyms to real patients. Keep it with the "
+                "identifiable source data; never share it with the de-identified cohort.",
+        "version": 1,
+        "patients": sorted(entries, key=lambda e: e["pseudonym"]),
+    })
+
+
 def import_cohort(
     src: str | Path,
     out: str | Path,
@@ -242,34 +320,8 @@ def import_cohort(
     src, out = Path(src), Path(out)
     mapping_path = Path(mapping) if mapping else default_mapping_path(src)
     rules = {**DEFAULT_RULES, **(rules or {})}
-    if not src.is_dir():
-        raise VCEInputError(f"{src}: source directory not found")
-    if _inside(out, src) or _inside(src, out):
-        raise VCEInputError(f"--out {out} and --src {src} must not contain each other")
-    if _inside(mapping_path, out):
-        raise VCEInputError(f"{mapping_path}: the pseudonym mapping must not be written inside the de-identified output {out}")
-    folders = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise VCEInputError(f"{src}: no patient folders found")
-    errors = [f"{src / later}: source folders {first} and {later} differ only in case (duplicate patient?)"
-              for first, later in case_duplicates(f.name for f in folders)]
-    cases: list[Case] = []
-    for f in folders:
-        try:
-            cases.append(resolve_case(f, rules))
-        except VCEInputError as exc:
-            errors.append(str(exc))
-    owner: dict[str, Case] = {}
-    for c in cases:
-        for p in c.patient_ids:
-            if p in owner:
-                errors.append(
-                    f"{c.folder}: source folders {owner[p].folder.name} and {c.folder.name} hold the same DICOM PatientID "
-                    "(duplicate patient); import each patient once"
-                )
-            owner[p] = c
-    if errors:
-        raise VCEInputError(f"import of {src} failed ({len(errors)} problem(s)):\n  " + "\n  ".join(errors))
+    _check_locations(src, out, mapping_path)
+    cases = _resolve_cases(src, _source_folders(src), rules)
     entries = load_mapping(mapping_path)
     pseudo = assign_pseudonyms(cases, entries, mapping_path)
 
@@ -277,28 +329,9 @@ def import_cohort(
     with atomic_dir(out) as tmp:
         for c in cases:
             pid = pseudo[c.folder.name]
-            (tmp / pid).mkdir()
-            info = {}
-            try:
-                for mod, source in c.sources.items():
-                    img = _read(source, mod, pid)
-                    write_deidentified(img, tmp / pid / PATIENT_FILES[mod])
-                    info[mod] = {
-                        "source": "dicom" if source.kind == "dicom" else "file",
-                        "size": list(img.GetSize()),
-                        "spacing_mm": [round(s, 4) for s in img.GetSpacing()],
-                    }
-            except VCEInputError as exc:
-                raise VCEInputError(f"source folder {c.folder.name} ({pid}): {exc}") from exc
-            summary[pid] = info
-            logger.info("imported %s: %s", pid, ", ".join(f"{m} {v['source']} {v['size']}" for m, v in info.items()))
+            summary[pid] = _import_case(c, pid, tmp / pid)
         write_json(tmp / "import.json", {"orientation": CANONICAL_ORIENTATION, "tool": "vce import",
                                          "nifti_description": NIFTI_DESCRIPTION, "patients": summary})
-        write_json(mapping_path, {
-            "note": "vce import pseudonym mapping: links pseudonyms to real patients. Keep it with the "
-                    "identifiable source data; never share it with the de-identified cohort.",
-            "version": 1,
-            "patients": sorted(entries, key=lambda e: e["pseudonym"]),
-        })
+        _write_mapping(mapping_path, entries)
     logger.info("imported %d patient(s) into %s (mapping: kept next to the source data)", len(summary), out)
     return {p: ",".join(sorted(v)) for p, v in summary.items()}

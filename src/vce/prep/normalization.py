@@ -22,6 +22,7 @@ docs/normalization.md.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -181,6 +182,109 @@ def _calibration_mae(x: np.ndarray, mu: float, sd: float, mu_hat: float, sd_hat:
     return float(np.abs((x - mu) * (sd_hat / sd - 1.0) + (mu_hat - mu)).mean())
 
 
+def _report_row(
+    stats: dict[str, dict[str, dict[str, float]]],
+    pid: str,
+    role: str,
+    cal: dict[str, Any],
+    fit_on: int,
+    t1c_body: Mapping[str, np.ndarray] | None,
+) -> dict[str, Any]:
+    """One row of the calibration report: patient ``pid`` scored with calibration ``cal`` as ``role``."""
+    mu, sd = stats[pid]["T1C"]["mu"], stats[pid]["T1C"]["sd"]
+    mu_hat, sd_hat = apply_calibration(cal, stats[pid])
+    r = {
+        "patient": pid,
+        "evaluation": role,
+        "fit_on": fit_on,
+        "model": cal["kind"],
+        "mu_true": mu,
+        "mu_pred": mu_hat,
+        "rel_error_mu": abs(mu_hat - mu) / mu,
+        "sd_true": sd,
+        "sd_pred": sd_hat,
+        "rel_error_sd": abs(sd_hat - sd) / sd,
+        "mae_calibration": np.nan,
+    }
+    if t1c_body is not None and pid in t1c_body:
+        r["mae_calibration"] = _calibration_mae(t1c_body[pid], mu, sd, mu_hat, sd_hat)
+    return r
+
+
+def _report_rows(
+    stats: dict[str, dict[str, dict[str, float]]],
+    train_pids: list[str],
+    test_pids: list[str],
+    t1c_body: Mapping[str, np.ndarray] | None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-patient rows (``loo`` over the training patients, then ``test``) and the full-training fit."""
+    rows = []
+    n = len(train_pids)
+    if n >= 2:
+        for pid in train_pids:
+            cal = fit_calibration(stats, [p for p in train_pids if p != pid])
+            rows.append(_report_row(stats, pid, "loo", cal, n - 1, t1c_body))
+    full = fit_calibration(stats, train_pids)
+    for pid in test_pids:
+        rows.append(_report_row(stats, pid, "test", full, n, t1c_body))
+    return rows, full
+
+
+def _role_summary(table: pd.DataFrame, role: str) -> dict[str, Any]:
+    """Patient count and mean/max of each error column of the report rows of ``role``."""
+    t = table[table.evaluation == role] if len(table) else table
+    if len(t) == 0:
+        return {"n_patients": 0}
+    out: dict[str, Any] = {"n_patients": int(len(t))}
+    for k in ("rel_error_mu", "rel_error_sd", "mae_calibration"):
+        v = t[k].to_numpy(dtype=np.float64)
+        if np.all(np.isnan(v)):
+            continue
+        out[f"{k}_mean"] = float(np.nanmean(v))
+        out[f"{k}_max"] = float(np.nanmax(v))
+    return out
+
+
+def _fixed_model_loo(stats: dict[str, dict[str, dict[str, float]]], train_pids: list[str]) -> dict[str, dict[str, float]]:
+    """For comparison: each model with its kind fixed (no selection), leave-one-patient-out."""
+    fixed: dict[str, dict[str, float]] = {}
+    n = len(train_pids)
+    for kind in CALIBRATION_MODELS:
+        if n < _min_loo_patients(kind):
+            continue
+        errs = []
+        for pid in train_pids:
+            cal = fit_calibration(stats, [p for p in train_pids if p != pid], kind=kind)
+            mu_hat, sd_hat = apply_calibration(cal, stats[pid])
+            t = stats[pid]["T1C"]
+            errs.append((abs(mu_hat - t["mu"]) / t["mu"], abs(sd_hat - t["sd"]) / t["sd"]))
+        e = np.asarray(errs)
+        fixed[kind] = {"rel_error_mu_mean": float(e[:, 0].mean()), "rel_error_sd_mean": float(e[:, 1].mean())}
+    return fixed
+
+
+def _report_summary(
+    full: dict[str, Any], fixed: dict[str, dict[str, float]], n_train: int, table: pd.DataFrame
+) -> dict[str, Any]:
+    """The summary of :func:`calibration_report` (written as ``calibration_report.json``)."""
+    return {
+        "what": "error of the T1C calibration (T1C mean/sd predicted from T1/T2 statistics, used by predict)",
+        "model": full["kind"],
+        "model_selection": "lowest leave-one-patient-out error among mean | ratio | linear, chosen inside each fit "
+        "(nested: the 'loo' numbers include the selection)",
+        "loo_fixed_models": fixed,
+        "features": full["features"],
+        "train_patients": n_train,
+        "loo": {"method": "leave-one-patient-out over the training patients", **_role_summary(table, "loo")},
+        "test": {"method": "fit on all training patients, applied to the test patients", **_role_summary(table, "test")},
+        "in_sample": {"rel_error_mu_mean": full["train_rel_error_mu"], "rel_error_sd_mean": full["train_rel_error_sd"]},
+        "mae_calibration_definition": (
+            "mean over body voxels of |(x - mu)(sd_hat/sd - 1) + (mu_hat - mu)|: scanner-unit MAE that the "
+            "calibration alone adds to a perfect normalised prediction"
+        ),
+    }
+
+
 def calibration_report(
     stats: dict[str, dict[str, dict[str, float]]],
     train_pids: list[str],
@@ -199,80 +303,10 @@ def calibration_report(
     units that the calibration alone adds to a perfect prediction (:func:`_calibration_mae`).
     Returns ``(summary, per-patient table)``.
     """
-    rows = []
-
-    def row(pid: str, role: str, cal: dict[str, Any]) -> None:
-        mu, sd = stats[pid]["T1C"]["mu"], stats[pid]["T1C"]["sd"]
-        mu_hat, sd_hat = apply_calibration(cal, stats[pid])
-        r = {
-            "patient": pid,
-            "evaluation": role,
-            "fit_on": len(train_pids) - (1 if role == "loo" else 0),
-            "model": cal["kind"],
-            "mu_true": mu,
-            "mu_pred": mu_hat,
-            "rel_error_mu": abs(mu_hat - mu) / mu,
-            "sd_true": sd,
-            "sd_pred": sd_hat,
-            "rel_error_sd": abs(sd_hat - sd) / sd,
-            "mae_calibration": np.nan,
-        }
-        if t1c_body is not None and pid in t1c_body:
-            r["mae_calibration"] = _calibration_mae(t1c_body[pid], mu, sd, mu_hat, sd_hat)
-        rows.append(r)
-
-    if len(train_pids) >= 2:
-        for pid in train_pids:
-            row(pid, "loo", fit_calibration(stats, [p for p in train_pids if p != pid]))
-    full = fit_calibration(stats, train_pids)
-    for pid in test_pids:
-        row(pid, "test", full)
+    rows, full = _report_rows(stats, train_pids, test_pids, t1c_body)
     table = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["patient", "evaluation"])
-
-    def agg(role: str) -> dict[str, Any]:
-        t = table[table.evaluation == role] if len(table) else table
-        if len(t) == 0:
-            return {"n_patients": 0}
-        out: dict[str, Any] = {"n_patients": int(len(t))}
-        for k in ("rel_error_mu", "rel_error_sd", "mae_calibration"):
-            v = t[k].to_numpy(dtype=np.float64)
-            if np.all(np.isnan(v)):
-                continue
-            out[f"{k}_mean"] = float(np.nanmean(v))
-            out[f"{k}_max"] = float(np.nanmax(v))
-        return out
-
-    # for comparison: each model with its kind fixed (no selection), leave-one-patient-out
-    fixed: dict[str, dict[str, float]] = {}
-    n = len(train_pids)
-    for kind in CALIBRATION_MODELS:
-        if n < _min_loo_patients(kind):
-            continue
-        errs = []
-        for pid in train_pids:
-            cal = fit_calibration(stats, [p for p in train_pids if p != pid], kind=kind)
-            mu_hat, sd_hat = apply_calibration(cal, stats[pid])
-            t = stats[pid]["T1C"]
-            errs.append((abs(mu_hat - t["mu"]) / t["mu"], abs(sd_hat - t["sd"]) / t["sd"]))
-        e = np.asarray(errs)
-        fixed[kind] = {"rel_error_mu_mean": float(e[:, 0].mean()), "rel_error_sd_mean": float(e[:, 1].mean())}
-    summary = {
-        "what": "error of the T1C calibration (T1C mean/sd predicted from T1/T2 statistics, used by predict)",
-        "model": full["kind"],
-        "model_selection": "lowest leave-one-patient-out error among mean | ratio | linear, chosen inside each fit "
-        "(nested: the 'loo' numbers include the selection)",
-        "loo_fixed_models": fixed,
-        "features": full["features"],
-        "train_patients": len(train_pids),
-        "loo": {"method": "leave-one-patient-out over the training patients", **agg("loo")},
-        "test": {"method": "fit on all training patients, applied to the test patients", **agg("test")},
-        "in_sample": {"rel_error_mu_mean": full["train_rel_error_mu"], "rel_error_sd_mean": full["train_rel_error_sd"]},
-        "mae_calibration_definition": (
-            "mean over body voxels of |(x - mu)(sd_hat/sd - 1) + (mu_hat - mu)|: scanner-unit MAE that the "
-            "calibration alone adds to a perfect normalised prediction"
-        ),
-    }
-    return summary, table
+    fixed = _fixed_model_loo(stats, train_pids)
+    return _report_summary(full, fixed, len(train_pids), table), table
 
 
 class _LazyMap(Mapping):
@@ -291,20 +325,31 @@ class _LazyMap(Mapping):
         return len(self._keys)
 
 
-def normalize_split(split_dir: str | Path, out_dir: str | Path, methods: tuple[str, ...] = NORMALIZATIONS) -> dict[str, Any]:
-    """Normalise the slice store of ``split_dir`` with every method in ``methods`` (atomic).
+#: the slice store of one split: {modality or "body": memory-mapped (N, S, S) array}
+_Store = dict[str, np.ndarray]
+#: each patient's rows in the slice store of one split: {pid: row indices}
+_Rows = dict[str, np.ndarray]
 
-    Returns the parameters written to ``<out_dir>/params.json``.
-    """
-    split_dir = Path(split_dir)
+
+def _check_slice_store(split_dir: Path) -> None:
+    """Raise :class:`VCEInputError` naming the first file of the slice store that is missing."""
     for s in SPLITS:
         for f in [*(f"{m}.npy" for m in STORE_MODALITIES), "body.npy", "index.csv"]:
             if not (split_dir / s / f).is_file():
                 raise VCEInputError(f"{split_dir / s / f}: missing from the slice store (run `vce split` first)")
-    stats: dict[str, dict[str, dict[str, float]]] = {}
+
+
+def _open_slice_store(split_dir: Path) -> tuple[dict[str, _Store], dict[str, _Rows]]:
+    """The memory-mapped arrays of every split, and each split's ``{pid: row indices}`` (index.csv order)."""
     arrays = {s: {m: np.load(split_dir / s / f"{m}.npy", mmap_mode="r") for m in (*STORE_MODALITIES, "body")} for s in SPLITS}
     index = {s: pd.read_csv(split_dir / s / "index.csv") for s in SPLITS}
     rows = {s: {p: np.flatnonzero(index[s].patient.to_numpy() == p) for p in index[s].patient.unique()} for s in SPLITS}
+    return arrays, rows
+
+
+def _store_statistics(arrays: dict[str, _Store], rows: dict[str, _Rows]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{pid: {modality: {"mu", "sd"}}}`` over each patient's body voxels (:func:`patient_stats`)."""
+    stats: dict[str, dict[str, dict[str, float]]] = {}
     for s in SPLITS:
         for pid, r in rows[s].items():
             body = arrays[s]["body"][r]
@@ -312,14 +357,30 @@ def normalize_split(split_dir: str | Path, out_dir: str | Path, methods: tuple[s
             for m in STORE_MODALITIES:
                 mu, sd = patient_stats(arrays[s][m][r], body)
                 stats[pid][m] = {"mu": mu, "sd": sd}
-    train_pids = sorted(rows["train"])
-    # one patient's T1C body voxels at a time (read from the memmapped store on access), so peak
-    # memory does not grow with the cohort
+    return stats
+
+
+def _t1c_body_voxels(arrays: dict[str, _Store], where: tuple[str, np.ndarray]) -> np.ndarray:
+    """T1C body voxels (float64, scanner units) of the store rows ``where = (split, rows)``."""
+    s, r = where
+    return np.asarray(arrays[s]["T1C"][r], dtype=np.float64)[np.asarray(arrays[s]["body"][r], dtype=bool)]
+
+
+def _lazy_t1c_body(arrays: dict[str, _Store], rows: dict[str, _Rows]) -> _LazyMap:
+    """``{pid: T1C body voxels}``, one patient at a time (read from the memmapped store on access),
+    so peak memory does not grow with the cohort."""
     where = {pid: (s, r) for s in SPLITS for pid, r in rows[s].items()}
-    t1c_body = _LazyMap(
-        where, lambda sr: np.asarray(arrays[sr[0]]["T1C"][sr[1]], dtype=np.float64)[np.asarray(arrays[sr[0]]["body"][sr[1]], dtype=bool)]
-    )
-    report, report_table = calibration_report(stats, train_pids, sorted(rows["test"]), t1c_body)
+    return _LazyMap(where, functools.partial(_t1c_body_voxels, arrays))
+
+
+def _normalization_params(
+    methods: tuple[str, ...],
+    stats: dict[str, dict[str, dict[str, float]]],
+    rows: dict[str, _Rows],
+    train_pids: list[str],
+    loo: dict[str, Any],
+) -> dict[str, Any]:
+    """The content of ``params.json``: methods, statistics, split, calibration (with its loo error)."""
     params = {
         "methods": list(methods),
         "tanh_scale": TANH_SCALE,
@@ -328,25 +389,27 @@ def normalize_split(split_dir: str | Path, out_dir: str | Path, methods: tuple[s
         "split": {p: s for s in SPLITS for p in rows[s]},
         "calibration": fit_calibration(stats, train_pids),
     }
-    params["calibration"]["loo_rel_error_mu_mean"] = report["loo"].get("rel_error_mu_mean")
-    params["calibration"]["loo_rel_error_sd_mean"] = report["loo"].get("rel_error_sd_mean")
-    with atomic_dir(out_dir) as tmp:
-        for method in methods:
-            for s in SPLITS:
-                d = tmp / method / s
-                d.mkdir(parents=True)
-                for m in STORE_MODALITIES:
-                    out = np.lib.format.open_memmap(d / f"{m}.npy", mode="w+", dtype=np.float32, shape=arrays[s][m].shape)
-                    for pid, r in rows[s].items():
-                        st = stats[pid][m]
-                        out[r] = forward(arrays[s][m][r], st["mu"], st["sd"], method)
-                    out.flush()
-                    del out
-                shutil.copy2(split_dir / s / "index.csv", d / "index.csv")
-        write_json(tmp / "params.json", params)
-        write_json(tmp / "calibration_report.json", report)
-        report_table.to_csv(tmp / "calibration_report.csv", index=False, float_format="%.6g")
-    loo = report["loo"]
+    params["calibration"]["loo_rel_error_mu_mean"] = loo.get("rel_error_mu_mean")
+    params["calibration"]["loo_rel_error_sd_mean"] = loo.get("rel_error_sd_mean")
+    return params
+
+
+def _write_normalized_split(
+    d: Path, store: _Store, rows: _Rows, stats: dict[str, dict[str, dict[str, float]]], method: str
+) -> None:
+    """Write ``{T1,T2,T1C}.npy`` of one split normalised with ``method`` into the new directory ``d``."""
+    d.mkdir(parents=True)
+    for m in STORE_MODALITIES:
+        out = np.lib.format.open_memmap(d / f"{m}.npy", mode="w+", dtype=np.float32, shape=store[m].shape)
+        for pid, r in rows.items():
+            st = stats[pid][m]
+            out[r] = forward(store[m][r], st["mu"], st["sd"], method)
+        out.flush()
+        del out
+
+
+def _log_calibration(loo: dict[str, Any]) -> None:
+    """Log the leave-one-patient-out error of the T1C calibration (nothing without loo patients)."""
     if loo.get("n_patients"):
         logger.info(
             "T1C calibration, leave-one-patient-out over %d training patients: relative error of the mean "
@@ -355,5 +418,28 @@ def normalize_split(split_dir: str | Path, out_dir: str | Path, methods: tuple[s
             100 * loo["rel_error_sd_mean"], 100 * loo["rel_error_sd_max"],
             loo.get("mae_calibration_mean", float("nan")), loo.get("mae_calibration_max", float("nan")),
         )
+
+
+def normalize_split(split_dir: str | Path, out_dir: str | Path, methods: tuple[str, ...] = NORMALIZATIONS) -> dict[str, Any]:
+    """Normalise the slice store of ``split_dir`` with every method in ``methods`` (atomic).
+
+    Returns the parameters written to ``<out_dir>/params.json``.
+    """
+    split_dir = Path(split_dir)
+    _check_slice_store(split_dir)
+    arrays, rows = _open_slice_store(split_dir)
+    stats = _store_statistics(arrays, rows)
+    train_pids = sorted(rows["train"])
+    report, report_table = calibration_report(stats, train_pids, sorted(rows["test"]), _lazy_t1c_body(arrays, rows))
+    params = _normalization_params(methods, stats, rows, train_pids, report["loo"])
+    with atomic_dir(out_dir) as tmp:
+        for method in methods:
+            for s in SPLITS:
+                _write_normalized_split(tmp / method / s, arrays[s], rows[s], stats, method)
+                shutil.copy2(split_dir / s / "index.csv", tmp / method / s / "index.csv")
+        write_json(tmp / "params.json", params)
+        write_json(tmp / "calibration_report.json", report)
+        report_table.to_csv(tmp / "calibration_report.csv", index=False, float_format="%.6g")
+    _log_calibration(report["loo"])
     logger.info("normalised %s with %s -> %s", split_dir, methods, out_dir)
     return params

@@ -336,6 +336,91 @@ def _read_truth(patient_dir: Path) -> dict[str, sitk.Transform]:
         raise VCEInputError(f"{f}: cannot read the true motion of patient {patient_dir.name}: {exc}") from exc
 
 
+def _read_moving(patient_dir: Path, pid: str) -> dict[str, sitk.Image]:
+    """The moving modalities (:data:`MOVING`) of a patient, as float32 images."""
+    return {
+        m: sitk.Cast(read_volume(patient_dir / PATIENT_FILES[m], what=f"{m} of patient {pid}"), sitk.sitkFloat32)
+        for m in MOVING
+    }
+
+
+def _read_tumour_mask(patient_dir: Path, pid: str, fixed: sitk.Image) -> sitk.Image | None:
+    """The patient's tumour mask (None when absent); it must be on the T2 grid's size."""
+    mask_path = patient_dir / PATIENT_FILES["mask"]
+    tmask = None
+    if mask_path.is_file():
+        tmask = read_volume(mask_path, what=f"tumour mask of patient {pid}", allow_constant=True)
+        if tmask.GetSize() != fixed.GetSize():
+            raise VCEInputError(f"{mask_path}: tumour mask size {tmask.GetSize()} != T2 size {fixed.GetSize()}")
+    return tmask
+
+
+def _register_moving(
+    jobs: dict[str, tuple[Any, ...]], threads: int, cfg: RegisterConfig
+) -> dict[str, tuple[sitk.Transform, sitk.Image, dict[str, float]]]:
+    """Run :func:`_register_modality` per moving modality, in two threads when allowed."""
+    if threads > 1 and cfg.parallel_modalities:
+        with ThreadPoolExecutor(max_workers=len(MOVING)) as ex:
+            futures = {m: ex.submit(_register_modality, *a) for m, a in jobs.items()}
+            return {m: f.result() for m, f in futures.items()}
+    return {m: _register_modality(*a) for m, a in jobs.items()}
+
+
+def _transform_record(mod: str, tx: sitk.Transform, cfg: RegisterConfig) -> dict[str, Any]:
+    """The ``transforms.json`` entry of one modality: file, kind, convention and the rigid part."""
+    rigid = sitk.Euler3DTransform(tx.GetNthTransform(0))
+    return {
+        "file": f"transform_{mod}.tfm",
+        "transform": "CompositeTransform (Euler3DTransform o BSplineTransform)" if cfg.bspline else "CompositeTransform (Euler3DTransform)",
+        "convention": "maps T2 physical points to this modality's points (SimpleITK resampling, fixed=T2); T(p) = R(p + d(p))",
+        "rigid": {
+            "center_mm": list(rigid.GetCenter()),
+            "rotation_rad": [rigid.GetAngleX(), rigid.GetAngleY(), rigid.GetAngleZ()],
+            "translation_mm": list(rigid.GetTranslation()),
+        },
+    }
+
+
+def _write_registered(
+    out_dir: Path, pid: str, fixed: sitk.Image,
+    results: dict[str, tuple[sitk.Transform, sitk.Image, dict[str, float]]], tmask: sitk.Image | None, cfg: RegisterConfig,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Create ``out_dir`` and write T2, the registered modalities, their transforms and the tumour mask.
+
+    Returns the QC row so far (patient and per-modality fields) and the ``transforms.json`` content.
+    """
+    out_dir.mkdir(parents=True)
+    write_volume(fixed, out_dir / PATIENT_FILES["T2"])
+    qc: dict[str, Any] = {"patient": pid}
+    transforms: dict[str, Any] = {}
+    for mod, (tx, resampled, q) in results.items():
+        write_volume(resampled, out_dir / PATIENT_FILES[mod])
+        sitk.WriteTransform(tx, str(out_dir / f"transform_{mod}.tfm"))
+        transforms[mod] = _transform_record(mod, tx, cfg)
+        qc.update({f"{mod}_{k}": v for k, v in q.items()})
+    if tmask is not None:
+        write_volume(sitk.Cast(tmask, sitk.sitkUInt8), out_dir / PATIENT_FILES["mask"])
+    return qc, transforms
+
+
+def _write_patient_qc_png(
+    path: Path, fixed: sitk.Image, moving: dict[str, sitk.Image],
+    results: dict[str, tuple[sitk.Transform, sitk.Image, dict[str, float]]], pid: str,
+) -> None:
+    """:func:`write_qc_png` of the moving modalities before (identity) and after registration."""
+    before = {m: sitk.GetArrayFromImage(sitk.Resample(moving[m], fixed, sitk.Transform(), sitk.sitkLinear, 0.0)) for m in MOVING}
+    after = {m: sitk.GetArrayFromImage(results[m][1]) for m in MOVING}
+    write_qc_png(path, sitk.GetArrayFromImage(fixed), before, after, pid)
+
+
+def _log_registered(pid: str, qc: dict[str, Any], reasons: list[str]) -> None:
+    """One log line per registered patient: status, reasons, the rounded float QC fields."""
+    logger.info(
+        "registered %s (%s%s): %s", pid, qc["status"], f": {qc['reason']}" if reasons else "",
+        {k: round(v, 3) for k, v in qc.items() if isinstance(v, float)},
+    )
+
+
 def register_patient(
     patient_dir: str | Path, out_dir: str | Path, cfg: RegisterConfig, seed: int = 0, threads: int = 1
 ) -> dict[str, Any]:
@@ -353,60 +438,21 @@ def register_patient(
     body = body_mask(sitk.GetArrayViewFromImage(fixed))
     mask = registration_mask(fixed) if cfg.use_mask else None
     truth = _read_truth(patient_dir)
-    moving = {
-        m: sitk.Cast(read_volume(patient_dir / PATIENT_FILES[m], what=f"{m} of patient {pid}"), sitk.sitkFloat32)
-        for m in MOVING
-    }
-    # the tumour mask is checked before the (slow) registrations
-    mask_path = patient_dir / PATIENT_FILES["mask"]
-    tmask = None
-    if mask_path.is_file():
-        tmask = read_volume(mask_path, what=f"tumour mask of patient {pid}", allow_constant=True)
-        if tmask.GetSize() != fixed.GetSize():
-            raise VCEInputError(f"{mask_path}: tumour mask size {tmask.GetSize()} != T2 size {fixed.GetSize()}")
+    moving = _read_moving(patient_dir, pid)
+    tmask = _read_tumour_mask(patient_dir, pid, fixed)  # checked before the (slow) registrations
     jobs = {m: (fixed, moving[m], mask, body, truth.get(m), cfg, seed) for m in MOVING}
-    if threads > 1 and cfg.parallel_modalities:
-        with ThreadPoolExecutor(max_workers=len(MOVING)) as ex:
-            futures = {m: ex.submit(_register_modality, *a) for m, a in jobs.items()}
-            results = {m: f.result() for m, f in futures.items()}
-    else:
-        results = {m: _register_modality(*a) for m, a in jobs.items()}
+    results = _register_moving(jobs, threads, cfg)
 
-    out_dir.mkdir(parents=True)
-    write_volume(fixed, out_dir / PATIENT_FILES["T2"])
-    qc: dict[str, Any] = {"patient": pid}
-    transforms: dict[str, Any] = {}
-    for mod, (tx, resampled, q) in results.items():
-        write_volume(resampled, out_dir / PATIENT_FILES[mod])
-        sitk.WriteTransform(tx, str(out_dir / f"transform_{mod}.tfm"))
-        rigid = sitk.Euler3DTransform(tx.GetNthTransform(0))
-        transforms[mod] = {
-            "file": f"transform_{mod}.tfm",
-            "transform": "CompositeTransform (Euler3DTransform o BSplineTransform)" if cfg.bspline else "CompositeTransform (Euler3DTransform)",
-            "convention": "maps T2 physical points to this modality's points (SimpleITK resampling, fixed=T2); T(p) = R(p + d(p))",
-            "rigid": {
-                "center_mm": list(rigid.GetCenter()),
-                "rotation_rad": [rigid.GetAngleX(), rigid.GetAngleY(), rigid.GetAngleZ()],
-                "translation_mm": list(rigid.GetTranslation()),
-            },
-        }
-        qc.update({f"{mod}_{k}": v for k, v in q.items()})
-    if tmask is not None:
-        write_volume(sitk.Cast(tmask, sitk.sitkUInt8), out_dir / PATIENT_FILES["mask"])
+    qc, transforms = _write_registered(out_dir, pid, fixed, results, tmask, cfg)
     if cfg.qc_png:
-        before = {m: sitk.GetArrayFromImage(sitk.Resample(moving[m], fixed, sitk.Transform(), sitk.sitkLinear, 0.0)) for m in MOVING}
-        after = {m: sitk.GetArrayFromImage(results[m][1]) for m in MOVING}
-        write_qc_png(out_dir / "qc.png", sitk.GetArrayFromImage(fixed), before, after, pid)
+        _write_patient_qc_png(out_dir / "qc.png", fixed, moving, results, pid)
     reasons = qc_failures(qc, cfg)
     qc["status"] = "failed" if reasons else "ok"
     qc["reason"] = "; ".join(reasons)
     qc["seconds"] = round(time.perf_counter() - t0, 3)
     write_json(out_dir / "transforms.json", transforms)
     write_json(out_dir / "qc.json", qc)
-    logger.info(
-        "registered %s (%s%s): %s", pid, qc["status"], f": {qc['reason']}" if reasons else "",
-        {k: round(v, 3) for k, v in qc.items() if isinstance(v, float)},
-    )
+    _log_registered(pid, qc, reasons)
     return qc
 
 

@@ -124,45 +124,91 @@ def grid_of(img: sitk.Image) -> dict[str, Any]:
     }
 
 
+def _kept_slices(registered_dir: Path, pids: list[str], min_body_fraction: float) -> dict[str, np.ndarray]:
+    """Pass 1: which slices each patient contributes (T2 only), so the store can be preallocated
+    as memory-mapped arrays: memory does not grow with cohort size."""
+    kept: dict[str, np.ndarray] = {}
+    for pid in pids:
+        t2 = sitk.GetArrayFromImage(read_volume(registered_dir / pid / PATIENT_FILES["T2"], what=f"T2 of patient {pid}"))
+        kept[pid] = content_slices(t2, min_body_fraction)
+        if len(kept[pid]) == 0:
+            raise VCEInputError(f"{registered_dir / pid}: patient {pid} has no slice with body content")
+    return kept
+
+
+def _open_stores(tmp: Path, n_slices: dict[str, int], S: int) -> dict[str, dict[str, np.memmap]]:
+    """Create ``<tmp>/<split>/`` and its (n, S, S) memory-mapped arrays: the modalities float32, body and tumour uint8."""
+    stores: dict[str, dict[str, np.memmap]] = {}
+    for s in SPLITS:
+        n = n_slices[s]
+        (tmp / s).mkdir()
+        stores[s] = {
+            m: np.lib.format.open_memmap(tmp / s / f"{m}.npy", mode="w+", dtype=np.float32, shape=(n, S, S))
+            for m in STORE_MODALITIES
+        }
+        for m in ("body", "tumor"):
+            stores[s][m] = np.lib.format.open_memmap(tmp / s / f"{m}.npy", mode="w+", dtype=np.uint8, shape=(n, S, S))
+    return stores
+
+
+def _store_patient(
+    store: dict[str, np.memmap], i0: int, vols: dict[str, Any], z: np.ndarray, geom: SliceGeometry
+) -> None:
+    """Write a patient's kept slices ``z``, squared by ``geom``, into rows ``i0 .. i0 + len(z)`` of ``store``."""
+    i1 = i0 + len(z)
+    for m in STORE_MODALITIES:
+        store[m][i0:i1] = to_square(vols[m][z], geom)
+    body = body_mask(vols["T2"])
+    store["body"][i0:i1] = to_square(body[z].astype(np.float32), geom, order=0) > 0.5
+    store["tumor"][i0:i1] = to_square(vols["tumor"][z].astype(np.float32), geom, order=0) > 0.5
+
+
+def _split_settings(cfg: SplitConfig, seed: int) -> dict[str, Any]:
+    """The settings that, with the manifest, identify the split (:func:`split_identity`)."""
+    return {
+        "seed": int(seed),
+        "test_ratio": float(cfg.test_ratio),
+        "folds": int(cfg.folds),
+        "fold": int(cfg.fold),
+        "image_size": int(cfg.image_size),
+        "min_body_fraction": float(cfg.min_body_fraction),
+    }
+
+
+def _split_summary(
+    cfg: SplitConfig, seed: int, manifest: pd.DataFrame, cursor: dict[str, int], split_id: str
+) -> dict[str, Any]:
+    """The content of ``split.json``."""
+    return {
+        "seed": seed,
+        "test_ratio": cfg.test_ratio if not cfg.folds else None,
+        "folds": int(cfg.folds),
+        "fold": int(cfg.fold) if cfg.folds else None,
+        "image_size": cfg.image_size,
+        "patients": {s: int((manifest.split == s).sum()) for s in SPLITS},
+        "slices": {s: int(cursor[s]) for s in SPLITS},
+        "split_id": split_id,
+    }
+
+
 def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConfig, seed: int) -> pd.DataFrame:
     """Split ``registered_dir`` by patient and write the slice store (atomic). Returns the manifest."""
     registered_dir = Path(registered_dir)
     pids = list_patients(registered_dir)
     assignment = assign_split(pids, cfg.test_ratio, seed, cfg.folds, cfg.fold)
     S = cfg.image_size
-    # Pass 1: which slices each patient contributes (T2 only), so the store can be preallocated
-    # as memory-mapped arrays: memory does not grow with cohort size.
-    kept: dict[str, np.ndarray] = {}
-    for pid in pids:
-        t2 = sitk.GetArrayFromImage(read_volume(registered_dir / pid / PATIENT_FILES["T2"], what=f"T2 of patient {pid}"))
-        kept[pid] = content_slices(t2, cfg.min_body_fraction)
-        if len(kept[pid]) == 0:
-            raise VCEInputError(f"{registered_dir / pid}: patient {pid} has no slice with body content")
+    kept = _kept_slices(registered_dir, pids, cfg.min_body_fraction)
     rows, geometry = [], {}
     with atomic_dir(out_dir) as tmp:
-        stores: dict[str, dict[str, np.memmap]] = {}
+        stores = _open_stores(tmp, {s: sum(len(kept[p]) for p in pids if assignment[p] == s) for s in SPLITS}, S)
         cursor = {s: 0 for s in SPLITS}
         index: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
-        for s in SPLITS:
-            n = sum(len(kept[p]) for p in pids if assignment[p] == s)
-            (tmp / s).mkdir()
-            stores[s] = {
-                m: np.lib.format.open_memmap(tmp / s / f"{m}.npy", mode="w+", dtype=np.float32, shape=(n, S, S))
-                for m in STORE_MODALITIES
-            }
-            for m in ("body", "tumor"):
-                stores[s][m] = np.lib.format.open_memmap(tmp / s / f"{m}.npy", mode="w+", dtype=np.uint8, shape=(n, S, S))
         for pid in pids:
             s, z = assignment[pid], kept[pid]
             vols = load_patient(registered_dir / pid)
             geom = SliceGeometry.for_shape(vols["T2"].shape[1:], S)
-            i0, i1 = cursor[s], cursor[s] + len(z)
-            for m in STORE_MODALITIES:
-                stores[s][m][i0:i1] = to_square(vols[m][z], geom)
-            body = body_mask(vols["T2"])
-            stores[s]["body"][i0:i1] = to_square(body[z].astype(np.float32), geom, order=0) > 0.5
-            stores[s]["tumor"][i0:i1] = to_square(vols["tumor"][z].astype(np.float32), geom, order=0) > 0.5
-            cursor[s] = i1
+            _store_patient(stores[s], cursor[s], vols, z, geom)
+            cursor[s] += len(z)
             index[s] += [(pid, int(k)) for k in z]
             files = [registered_dir / pid / PATIENT_FILES[m] for m in STORE_MODALITIES]
             rows.append({"patient": pid, "split": s, "n_slices": len(z), "sha256": file_hash(files)})
@@ -173,25 +219,8 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
             pd.DataFrame(index[s], columns=["patient", "z"]).to_csv(tmp / s / "index.csv", index=False)
         manifest = pd.DataFrame(rows, columns=["patient", "split", "n_slices", "sha256"])
         manifest.to_csv(tmp / "manifest.csv", index=False)
-        settings = {
-            "seed": int(seed),
-            "test_ratio": float(cfg.test_ratio),
-            "folds": int(cfg.folds),
-            "fold": int(cfg.fold),
-            "image_size": int(S),
-            "min_body_fraction": float(cfg.min_body_fraction),
-        }
-        split_id = split_identity(settings, (tmp / "manifest.csv").read_bytes())
-        summary = {
-            "seed": seed,
-            "test_ratio": cfg.test_ratio if not cfg.folds else None,
-            "folds": int(cfg.folds),
-            "fold": int(cfg.fold) if cfg.folds else None,
-            "image_size": S,
-            "patients": {s: int((manifest.split == s).sum()) for s in SPLITS},
-            "slices": {s: int(cursor[s]) for s in SPLITS},
-            "split_id": split_id,
-        }
+        split_id = split_identity(_split_settings(cfg, seed), (tmp / "manifest.csv").read_bytes())
+        summary = _split_summary(cfg, seed, manifest, cursor, split_id)
         write_json(tmp / "split.json", summary)
         write_json(tmp / "geometry.json", geometry)
         del stores

@@ -96,16 +96,34 @@ def _read(path: Path, pid: str, what: str, issues: list[Issue]) -> sitk.Image | 
     return img
 
 
-def validate_patient(
-    pdir: Path, *, min_fov_mm: float = 100.0, fov_tolerance: float = 0.2
-) -> tuple[list[Issue], bool]:
-    """Issues of one patient directory, and whether it is usable (no errors)."""
-    pid = pdir.name
-    issues: list[Issue] = []
-    try:
-        check_patient_id(pid)
-    except VCEInputError as exc:
-        issues.append(Issue(pid, str(pdir), "error", "patient_id", str(exc)))
+def _check_mask_content(pid: str, path: Path, arr: np.ndarray, hi: float, issues: list[Issue]) -> None:
+    """Warn about an all-zero tumour mask (max ``hi``) or one with values other than 0/1."""
+    vals = np.unique(arr)
+    if hi == 0:
+        issues.append(Issue(pid, str(path), "warning", "empty_mask", "tumour mask is all zero"))
+    elif not set(vals.tolist()) <= {0, 1}:
+        issues.append(Issue(pid, str(path), "warning", "mask_values", f"tumour mask values {vals[:6].tolist()}... are not 0/1"))
+
+
+def _check_modality_content(
+    pid: str, path: Path, what: str, img: sitk.Image, lo: float, hi: float, min_fov_mm: float, issues: list[Issue]
+) -> bool:
+    """Constant (error), negative and small-field-of-view (warnings) checks of one modality with
+    value range ``lo .. hi``; False if constant."""
+    if lo == hi:
+        issues.append(Issue(pid, str(path), "error", "constant", f"{what} is constant (all voxels = {lo:g})"))
+        return False
+    if lo < 0:
+        issues.append(Issue(pid, str(path), "warning", "negative", f"{what} has negative values (min {lo:g}); MR magnitudes are >= 0"))
+    fov = np.asarray(img.GetSize()[:2], float) * np.asarray(img.GetSpacing()[:2], float)
+    if fov.min() < min_fov_mm:
+        issues.append(Issue(pid, str(path), "warning", "tiny_fov",
+                            f"{what} in-plane field of view {fov[0]:.0f} x {fov[1]:.0f} mm is below {min_fov_mm:g} mm"))
+    return True
+
+
+def _read_volumes(pdir: Path, pid: str, min_fov_mm: float, issues: list[Issue]) -> dict[str, sitk.Image]:
+    """Read and check each modality and the tumour mask; the usable images by modality (``mask`` included)."""
     imgs: dict[str, sitk.Image] = {}
     for mod in (*REQUIRED, "mask"):
         path = pdir / PATIENT_FILES[mod]
@@ -120,46 +138,59 @@ def validate_patient(
         arr = sitk.GetArrayViewFromImage(img)
         lo, hi = float(arr.min()), float(arr.max())
         if mod == "mask":
-            vals = np.unique(arr)
-            if hi == 0:
-                issues.append(Issue(pid, str(path), "warning", "empty_mask", "tumour mask is all zero"))
-            elif not set(vals.tolist()) <= {0, 1}:
-                issues.append(Issue(pid, str(path), "warning", "mask_values", f"tumour mask values {vals[:6].tolist()}... are not 0/1"))
-        else:
-            if lo == hi:
-                issues.append(Issue(pid, str(path), "error", "constant", f"{what} is constant (all voxels = {lo:g})"))
-                continue
-            if lo < 0:
-                issues.append(Issue(pid, str(path), "warning", "negative", f"{what} has negative values (min {lo:g}); MR magnitudes are >= 0"))
-            fov = np.asarray(img.GetSize()[:2], float) * np.asarray(img.GetSpacing()[:2], float)
-            if fov.min() < min_fov_mm:
-                issues.append(Issue(pid, str(path), "warning", "tiny_fov",
-                                    f"{what} in-plane field of view {fov[0]:.0f} x {fov[1]:.0f} mm is below {min_fov_mm:g} mm"))
+            _check_mask_content(pid, path, arr, hi, issues)
+        elif not _check_modality_content(pid, path, what, img, lo, hi, min_fov_mm, issues):
+            continue
         imgs[mod] = img
+    return imgs
+
+
+def _check_against_t2(pdir: Path, pid: str, imgs: dict[str, sitk.Image], fov_tolerance: float, issues: list[Issue]) -> None:
+    """Compare the T1/T1C extents and the tumour mask grid with T2's (nothing without a usable T2)."""
     t2 = imgs.get("T2")
-    if t2 is not None:
-        ref = physical_extent(t2)
-        for mod in ("T1", "T1C"):
-            if mod in imgs:
-                ext = physical_extent(imgs[mod])
-                rel = np.abs(ext - ref) / np.maximum(ref, 1e-6)
-                if rel.max() > fov_tolerance:
-                    issues.append(Issue(pid, str(pdir / PATIENT_FILES[mod]), "warning", "fov_mismatch",
-                                        f"{mod} extent {np.round(ext, 1).tolist()} mm differs from T2 extent "
-                                        f"{np.round(ref, 1).tolist()} mm by {100 * rel.max():.0f}% (> {100 * fov_tolerance:g}%)"))
-        if "mask" in imgs:
-            m, path = imgs["mask"], str(pdir / PATIENT_FILES["mask"])
-            if m.GetSize() != t2.GetSize():
-                issues.append(Issue(pid, path, "error", "mask_shape", f"tumour mask size {m.GetSize()} != T2 size {t2.GetSize()}"))
-            elif not (np.allclose(m.GetSpacing(), t2.GetSpacing(), atol=1e-3) and np.allclose(m.GetOrigin(), t2.GetOrigin(), atol=1e-2)
-                      and np.allclose(m.GetDirection(), t2.GetDirection(), atol=1e-4)):
-                issues.append(Issue(pid, path, "warning", "mask_grid", "tumour mask spacing/origin/direction differ from T2's"))
+    if t2 is None:
+        return
+    ref = physical_extent(t2)
+    for mod in ("T1", "T1C"):
+        if mod in imgs:
+            ext = physical_extent(imgs[mod])
+            rel = np.abs(ext - ref) / np.maximum(ref, 1e-6)
+            if rel.max() > fov_tolerance:
+                issues.append(Issue(pid, str(pdir / PATIENT_FILES[mod]), "warning", "fov_mismatch",
+                                    f"{mod} extent {np.round(ext, 1).tolist()} mm differs from T2 extent "
+                                    f"{np.round(ref, 1).tolist()} mm by {100 * rel.max():.0f}% (> {100 * fov_tolerance:g}%)"))
+    if "mask" in imgs:
+        m, path = imgs["mask"], str(pdir / PATIENT_FILES["mask"])
+        if m.GetSize() != t2.GetSize():
+            issues.append(Issue(pid, path, "error", "mask_shape", f"tumour mask size {m.GetSize()} != T2 size {t2.GetSize()}"))
+        elif not (np.allclose(m.GetSpacing(), t2.GetSpacing(), atol=1e-3) and np.allclose(m.GetOrigin(), t2.GetOrigin(), atol=1e-2)
+                  and np.allclose(m.GetDirection(), t2.GetDirection(), atol=1e-4)):
+            issues.append(Issue(pid, path, "warning", "mask_grid", "tumour mask spacing/origin/direction differ from T2's"))
+
+
+def _check_unexpected_files(pdir: Path, pid: str, issues: list[Issue]) -> None:
+    """Warn about image files or folders with another name than the expected ones (misnamed modality?)."""
     expected = set(PATIENT_FILES.values()) | KNOWN_EXTRA
     for f in sorted(pdir.iterdir()):
         if f.name.startswith(".") or f.name in expected or not (f.is_dir() or f.name.lower().endswith(_IMAGE_EXT)):
             continue  # other files (motion.json, notes, transforms) are fine
         issues.append(Issue(pid, str(f), "warning", "unexpected_file",
                             f"unexpected {'folder' if f.is_dir() else 'file'} {f.name} (ignored; expected {', '.join(PATIENT_FILES.values())})"))
+
+
+def validate_patient(
+    pdir: Path, *, min_fov_mm: float = 100.0, fov_tolerance: float = 0.2
+) -> tuple[list[Issue], bool]:
+    """Issues of one patient directory, and whether it is usable (no errors)."""
+    pid = pdir.name
+    issues: list[Issue] = []
+    try:
+        check_patient_id(pid)
+    except VCEInputError as exc:
+        issues.append(Issue(pid, str(pdir), "error", "patient_id", str(exc)))
+    imgs = _read_volumes(pdir, pid, min_fov_mm, issues)
+    _check_against_t2(pdir, pid, imgs, fov_tolerance, issues)
+    _check_unexpected_files(pdir, pid, issues)
     return issues, not any(i.severity == "error" for i in issues)
 
 

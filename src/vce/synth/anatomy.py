@@ -76,8 +76,17 @@ def _layer(d: np.ndarray, lo, hi, half: float = _SPACING / 2) -> np.ndarray:
     return np.clip(np.minimum(hi, d + half) - np.maximum(lo, d - half), 0.0, 2 * half) / (2 * half)
 
 
-def build_atlas() -> Atlas:
-    """Load the MNI152 2009 maps from nilearn (offline) and build the 9-compartment atlas."""
+def _zyx(img) -> np.ndarray:
+    """A nibabel image's voxels as float32, transposed from (x, y, z) to (z, y, x)."""
+    return np.transpose(np.asarray(img.get_fdata(), dtype=np.float32), (2, 1, 0))
+
+
+def _load_mni152() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 2 mm MNI152 2009 maps from nilearn (offline, they ship in its wheel).
+
+    Returns (affine (4, 4) voxel -> RAS mm, brain mask bool, GM probability float32,
+    WM probability float32), the maps shaped (z, y, x).
+    """
     from nilearn import datasets  # heavy import: only here
 
     mask_img = datasets.load_mni152_brain_mask(resolution=2)
@@ -86,19 +95,19 @@ def build_atlas() -> Atlas:
     aff = np.asarray(mask_img.affine, dtype=np.float64)
     if not np.allclose(aff[:3, :3], np.diag([_SPACING] * 3)):
         raise RuntimeError(f"unexpected MNI152 template affine {aff.tolist()}")
+    return aff, _zyx(mask_img) > 0.5, _zyx(gm_img), _zyx(wm_img)
 
-    def zyx(img) -> np.ndarray:
-        return np.transpose(np.asarray(img.get_fdata(), dtype=np.float32), (2, 1, 0))
 
-    mask, gm, wm = zyx(mask_img) > 0.5, zyx(gm_img), zyx(wm_img)
-    # pad: the inferior side replicates the (cut) brainstem, everything else is air
-    p = _PAD
+def _pad_template(a: np.ndarray) -> np.ndarray:
+    """Pad a (z, y, x) template map by ``_PAD`` voxels on every side so that the scalp fits: the
+    inferior side replicates the (cut) brainstem, everything else is air (zero)."""
+    a = np.pad(a, ((_PAD, 0), (0, 0), (0, 0)), mode="edge")
+    return np.pad(a, ((0, _PAD), (_PAD, _PAD), (_PAD, _PAD)), mode="constant")
 
-    def pad(a: np.ndarray, edge: bool) -> np.ndarray:
-        a = np.pad(a, ((p, 0), (0, 0), (0, 0)), mode="edge" if edge else "constant")
-        return np.pad(a, ((0, p), (p, p), (p, p)), mode="constant")
 
-    mask, gm, wm = pad(mask, True), pad(gm, True), pad(wm, True)
+def _brain_fractions(mask: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(GM, WM, CSF) volume fractions (z, y, x) float32 inside the brain ``mask``: the template
+    probabilities clipped to [0, 1], GM + WM rescaled to at most 1, CSF the remainder."""
     gm = np.clip(gm, 0, 1) * mask
     wm = np.clip(wm, 0, 1) * mask
     s = gm + wm
@@ -106,95 +115,168 @@ def build_atlas() -> Atlas:
     gm[over] /= s[over]
     wm[over] /= s[over]
     csf = mask * np.clip(1.0 - gm - wm, 0.0, 1.0)
+    return gm, wm, csf
 
-    # RAS (nibabel) -> LPS (ITK): flip x and y. Voxel (i, j, k) of the padded grid is at
-    # RAS (aff_x + 2 (i - p), aff_y + 2 (j - p), aff_z + 2 (k - p)).
+
+def _lps_frame(aff: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, ...]]:
+    """(origin (mm), direction cosines) of the padded grid in ITK's LPS convention.
+
+    RAS (nibabel) -> LPS (ITK): flip x and y. Voxel (i, j, k) of the padded grid is at
+    RAS (aff_x + 2 (i - p), aff_y + 2 (j - p), aff_z + 2 (k - p)).
+    """
+    p = _PAD
     origin = (
         float(-(aff[0, 3] - p * _SPACING)),
         float(-(aff[1, 3] - p * _SPACING)),
         float(aff[2, 3] - p * _SPACING),
     )
     direction = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
-    nz, ny, nx = mask.shape
-    # MNI (RAS) coordinates of voxel centres, broadcastable to (z, y, x)
+    return origin, direction
+
+
+def _mni_axes(aff: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MNI (RAS, mm) coordinates (x, y, z) of the voxel centres of the padded (z, y, x) grid
+    ``shape``, shaped (1, 1, nx), (1, ny, 1) and (nz, 1, 1) so that they broadcast to (z, y, x)."""
+    nz, ny, nx = shape
+    p = _PAD
     xr = (aff[0, 3] + _SPACING * (np.arange(nx) - p))[None, None, :]
     yr = (aff[1, 3] + _SPACING * (np.arange(ny) - p))[None, :, None]
     zr = (aff[2, 3] + _SPACING * (np.arange(nz) - p))[:, None, None]
+    return xr, yr, zr
 
-    # closed, smoothed brain envelope: cisterns and fissures inside it are CSF
+
+def _brain_envelope(mask: np.ndarray) -> np.ndarray:
+    """Closed, hole-filled, smoothed brain envelope (z, y, x) bool containing ``mask``: the
+    cisterns and fissures inside it are CSF."""
     ball = ndi.generate_binary_structure(3, 1)
     ball = ndi.iterate_structure(ball, 4)
     closed = ndi.binary_closing(np.pad(mask, 6), structure=ball)[6:-6, 6:-6, 6:-6]
     closed = ndi.binary_fill_holes(closed)
-    closed = (ndi.gaussian_filter(closed.astype(np.float32), 1.5) > 0.5) | mask
-    csf = csf + (closed & ~mask).astype(np.float32)
+    return (ndi.gaussian_filter(closed.astype(np.float32), 1.5) > 0.5) | mask
 
-    # falx cerebri: midline dura within the interhemispheric fissure, above the corpus callosum
-    # (its free edge is at z ~ 35 mm over the callosum, y in [-45, 35] mm RAS; lower in front/behind)
+
+def _falx(xr: np.ndarray, yr: np.ndarray, zr: np.ndarray) -> np.ndarray:
+    """Falx cerebri: the share (z, y, x) of the CSF that is midline dura within the
+    interhemispheric fissure, above the corpus callosum (its free edge is at z ~ 35 mm over the
+    callosum, y in [-45, 35] mm RAS; lower in front/behind). Arguments: MNI axes (mm)."""
     over_cc = np.clip((yr + 55.0) / 10.0, 0, 1) * np.clip((45.0 - yr) / 10.0, 0, 1)
     z_edge = -5.0 + 40.0 * over_cc
-    falx = 0.6 * np.exp(-((xr / 1.2) ** 2)) * np.clip((zr - z_edge) / 4.0, 0, 1) * (yr > -100) * (yr < 60)
-    dura = (csf * falx).astype(np.float32)
-    csf = csf - dura
+    return 0.6 * np.exp(-((xr / 1.2) ** 2)) * np.clip((zr - z_edge) / 4.0, 0, 1) * (yr > -100) * (yr < 60)
 
-    # extra-cerebral layers by distance (mm) from the brain envelope
+
+def _shell_distance(closed: np.ndarray) -> np.ndarray:
+    """Distance (mm, float32, (z, y, x)) of the voxel centres outside the brain envelope
+    ``closed`` from its surface; -2 mm (no shell fraction) inside it."""
     d = ndi.distance_transform_edt(~closed, sampling=_SPACING).astype(np.float32) - _SPACING / 2
     d[closed] = -_SPACING  # fully inside: no shell fraction
-    # temporalis muscle: thick laterally over the temporal fossa
+    return d
+
+
+def _muscle_thickness(xr: np.ndarray, yr: np.ndarray, zr: np.ndarray) -> np.ndarray:
+    """Galea / temporalis thickness (mm, (z, y, x)): 1.5 mm, thick (up to 9.5 mm) laterally over
+    the temporal fossa. Arguments: MNI axes (mm)."""
     lat = np.clip((np.abs(xr) - 40.0) / 25.0, 0, 1)
     vert = np.clip((55.0 - zr) / 25.0, 0, 1) * np.clip((zr + 45.0) / 20.0, 0, 1)
     ap = np.clip((yr + 80.0) / 20.0, 0, 1) * np.clip((40.0 - yr) / 20.0, 0, 1)
-    muscle_t = 1.5 + 8.0 * lat * vert * ap
-    # frontal sinus: an air cavity in the frontal bone in front of the frontal lobes, lined by
-    # mucosa. Where w_fs > 0 the diploe widens by up to 8 mm into the cavity.
-    w_fs = (
+    return 1.5 + 8.0 * lat * vert * ap
+
+
+def _frontal_sinus(xr: np.ndarray, yr: np.ndarray, zr: np.ndarray) -> np.ndarray:
+    """Frontal-sinus weight w_fs in [0, 1] (z, y, x) float32: an air cavity in the frontal bone
+    in front of the frontal lobes, lined by mucosa. Arguments: MNI axes (mm)."""
+    return (
         np.clip((18.0 - np.abs(xr)) / 4.0, 0, 1)
         * np.clip((zr + 8.0) / 5.0, 0, 1)
         * np.clip((26.0 - zr) / 6.0, 0, 1)
         * np.clip((yr - 45.0) / 8.0, 0, 1)
     ).astype(np.float32)
+
+
+def _shell_layers(d: np.ndarray, w_fs: np.ndarray, muscle_t: np.ndarray) -> dict[str, np.ndarray]:
+    """Extra-cerebral volume fractions (z, y, x) from the distance ``d`` (mm) to the brain
+    envelope, outwards: csf | dura | inner table | diploe | outer table | muscle | fat | skin.
+
+    Where the frontal-sinus weight ``w_fs`` > 0 the diploe widens by up to 8 mm into the cavity;
+    ``muscle_t`` is the muscle thickness (mm). Keys: "csf", "dura" (to add to the brain's),
+    "bone", "marrow", "muscle", "fat", "skin", "mucosa".
+    """
     widen = 8.0 * w_fs
     b = [0.0, 1.0, 2.5, 4.0, 7.0, 8.5]  # csf | dura | inner table | diploe | outer table
     b4, b5 = b[4] + widen, b[5] + widen
     m_end = b5 + muscle_t
     f_end = m_end + 4.0
     s_end = f_end + 2.0
-    csf = csf + _layer(d, b[0], b[1])
-    dura = dura + _layer(d, b[1], b[2])
     diploe = _layer(d, b[3], b4)
     lining = _layer(d, b[3], b[3] + 1.5) + _layer(d, b4 - 1.5, b4)  # 1.5 mm mucosa on both walls
-    mucosa = w_fs * np.minimum(lining, diploe)
-    bone = _layer(d, b[2], b[3]) + (1.0 - w_fs) * 0.4 * diploe + _layer(d, b4, b5)
-    marrow = (1.0 - w_fs) * 0.6 * diploe  # the rest of the sinus (w_fs * (diploe - lining)) is air
-    muscle = _layer(d, b5, m_end)
-    fat = _layer(d, m_end, f_end)
-    skin = _layer(d, f_end, s_end)
+    return {
+        "csf": _layer(d, b[0], b[1]),
+        "dura": _layer(d, b[1], b[2]),
+        "bone": _layer(d, b[2], b[3]) + (1.0 - w_fs) * 0.4 * diploe + _layer(d, b4, b5),
+        "marrow": (1.0 - w_fs) * 0.6 * diploe,  # the rest of the sinus (w_fs * (diploe - lining)) is air
+        "muscle": _layer(d, b5, m_end),
+        "fat": _layer(d, m_end, f_end),
+        "skin": _layer(d, f_end, s_end),
+        "mucosa": w_fs * np.minimum(lining, diploe),
+    }
 
-    # choroid plexus: vascular fronds in the lateral ventricles, bulky in the atria (glomus, MNI
-    # ~(+-26, -40, 12) mm) and thin along the ventricular bodies; it replaces part of the CSF
+
+def _choroid_plexus(mask: np.ndarray, csf: np.ndarray, xr: np.ndarray, yr: np.ndarray, zr: np.ndarray) -> np.ndarray:
+    """Choroid plexus fraction (z, y, x) float32, to be taken from the CSF: vascular fronds in
+    the lateral ventricles, bulky in the atria (glomus, MNI ~(+-26, -40, 12) mm) and thin along
+    the ventricular bodies. Arguments: brain mask, CSF fraction, MNI axes (mm)."""
     depth_in = ndi.distance_transform_edt(mask, sampling=_SPACING).astype(np.float32)
     ventricle = (depth_in > 12.0) & (np.abs(xr) > 4.0) & (csf > 0.3)
     glomus = np.exp(-(((np.abs(xr) - 26.0) / 7.0) ** 2 + ((yr + 40.0) / 8.0) ** 2 + ((zr - 12.0) / 6.0) ** 2))
     along = np.clip((5.0 - yr) / 5.0, 0, 1) * np.clip((yr + 34.0) / 5.0, 0, 1)
     body = along * np.exp(-(((np.abs(xr) - 14.0) / 3.5) ** 2 + ((zr - 17.0) / 3.5) ** 2))
-    choroid = (0.7 * ventricle * np.maximum(glomus, body) * csf).astype(np.float32)
-    csf = csf - choroid
+    return (0.7 * ventricle * np.maximum(glomus, body) * csf).astype(np.float32)
 
-    chans = np.stack(
-        [wm, gm, csf, dura, bone, marrow, muscle, fat, skin, choroid, mucosa], axis=-1
-    ).astype(np.float32)
+
+def _stack_channels(fractions: dict[str, np.ndarray]) -> np.ndarray:
+    """Compartment fractions (z, y, x) keyed by channel -> (z, y, x, C) float32 in CHANNELS
+    order, clipped to [0, 1] and rescaled where they sum past 1."""
+    chans = np.stack([fractions[name] for name in CHANNELS], axis=-1).astype(np.float32)
     chans = np.clip(chans, 0.0, 1.0)
     tot = chans.sum(-1, keepdims=True)
-    chans = np.where(tot > 1.0, chans / np.maximum(tot, 1e-6), chans).astype(np.float32)
+    return np.where(tot > 1.0, chans / np.maximum(tot, 1e-6), chans).astype(np.float32)
 
-    idx = np.argwhere(mask)  # (z, y, x)
-    kc, jc, ic = idx.mean(0)
+
+def _mask_centre(mask: np.ndarray, origin: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Centroid (LPS mm, rounded to 0.1 mm) of the (z, y, x) brain ``mask`` on the padded grid
+    whose LPS origin is ``origin``."""
+    kc, jc, ic = np.argwhere(mask).mean(0)  # (z, y, x)
     centre = (
         float(origin[0] - _SPACING * ic),
         float(origin[1] - _SPACING * jc),
         float(origin[2] + _SPACING * kc),
     )
-    centre = tuple(round(c, 1) for c in centre)
+    return tuple(round(c, 1) for c in centre)
+
+
+def build_atlas() -> Atlas:
+    """Load the MNI152 2009 maps from nilearn (offline) and build the 11-compartment atlas."""
+    aff, mask, gm, wm = _load_mni152()
+    mask, gm, wm = _pad_template(mask), _pad_template(gm), _pad_template(wm)
+    gm, wm, csf = _brain_fractions(mask, gm, wm)
+    origin, direction = _lps_frame(aff)
+    xr, yr, zr = _mni_axes(aff, mask.shape)
+
+    closed = _brain_envelope(mask)
+    csf = csf + (closed & ~mask).astype(np.float32)
+    dura = (csf * _falx(xr, yr, zr)).astype(np.float32)
+    csf = csf - dura
+
+    # extra-cerebral layers by distance (mm) from the brain envelope
+    shell = _shell_layers(_shell_distance(closed), _frontal_sinus(xr, yr, zr), _muscle_thickness(xr, yr, zr))
+    csf = csf + shell["csf"]
+    dura = dura + shell["dura"]
+    choroid = _choroid_plexus(mask, csf, xr, yr, zr)
+    csf = csf - choroid
+
+    # the brain's own csf / dura replace the shell's increments of the same name
+    fractions = {**shell, "wm": wm, "gm": gm, "csf": csf, "dura": dura, "choroid": choroid}
+    chans = _stack_channels(fractions)
+    centre = _mask_centre(mask, origin)
     return Atlas(np.ascontiguousarray(chans), origin, (_SPACING,) * 3, direction, centre)
 
 

@@ -21,7 +21,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -30,9 +30,12 @@ from ..config import SynthConfig, check_int
 from ..io.atomic import atomic_dir, write_json
 from ..io.nifti import PATIENT_FILES, to_uint12, write_volume
 from . import motion as motion_mod
-from .anatomy import CHANNELS, Atlas, PatientBrain, SmoothNoise, atlas_images, load_atlas, random_deformation, sample_vessels, set_atlas
-from .lesions import sample_lesions
-from .signal import SEQUENCES, bias_field, rician
+from .anatomy import (
+    CHANNELS, Atlas, PatientBrain, SmoothNoise, Tubes, atlas_images, load_atlas, random_deformation, sample_vessels,
+    set_atlas,
+)
+from .lesions import Lesion, sample_lesions
+from .signal import SEQUENCES, Sequence, bias_field, rician
 from .tissues import LABELS, PLASMA_GD_MM, R1_BLOOD, R1_TISSUE, R2_BLOOD, R2_TISSUE, PatientTissues, sample_patient_tissues, tissue_table
 
 logger = logging.getLogger(__name__)
@@ -177,6 +180,226 @@ def _signal(seq, tissues: PatientTissues, frac: dict[str, np.ndarray], uptake: n
     return out
 
 
+class _Streams(NamedTuple):
+    """One patient's independent random streams: the children of ``SeedSequence([seed, index])``
+    in spawn order."""
+
+    anatomy: np.random.Generator
+    tissues: np.random.Generator
+    lesions: np.random.Generator
+    vessels: np.random.Generator
+    texture: np.random.Generator
+    motion: np.random.Generator
+    scanner: np.random.Generator
+
+
+def _patient_streams(seed: int, index: int) -> _Streams:
+    """The seven generators of patient ``index`` (it depends on ``(seed, index)`` only)."""
+    streams = np.random.SeedSequence([int(seed), int(index)]).spawn(7)
+    return _Streams(*(np.random.default_rng(s) for s in streams))
+
+
+def _check_index(index: object) -> None:
+    """Raise ValueError unless ``index`` is a non-negative integer (a bool is not one)."""
+    if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or index < 0:
+        raise ValueError(f"patient index must be a non-negative integer, got {index!r}")
+
+
+@dataclass
+class _Patient:
+    """Everything drawn for one patient before the scanner: anatomy and inter-scan motion."""
+
+    deformation: sitk.Transform  # patient -> template (SimpleITK resampling convention)
+    deform_info: dict[str, object]
+    tissues: PatientTissues
+    lesions: list[Lesion]
+    tubes: Tubes
+    vessel_info: dict[str, Any]
+    texture: SmoothNoise  # relative tissue-signal texture, a field over patient space (mm)
+    rigid: dict[str, sitk.Euler3DTransform]  # "T1", "T1C": rigid part of M
+    nonrigid: dict[str, sitk.BSplineTransform | None]  # "T1", "T1C": B-spline part of M (or none)
+
+
+def _slab_z(ref: sitk.Image) -> tuple[float, float]:
+    """z range (mm) [z0, z1] of the slab imaged by the grid ``ref``, from edge to edge of its slices."""
+    z0 = ref.GetOrigin()[2] - ref.GetSpacing()[2] / 2
+    z1 = z0 + ref.GetSpacing()[2] * ref.GetSize()[2]
+    return z0, z1
+
+
+def _sample_motion(
+    rng: np.random.Generator, cfg: SynthConfig, ref: sitk.Image, centre_mm, motion: bool
+) -> tuple[dict[str, sitk.Euler3DTransform], dict[str, sitk.BSplineTransform | None]]:
+    """Motion M of T1 and T1C relative to T2: (rigid parts about ``centre_mm``, B-spline parts).
+
+    Both rigid parts are drawn first, then (if ``cfg.max_nonrigid_mm`` > 0) both B-splines, so the
+    rigid draws do not depend on the non-rigid setting. ``motion=False`` draws the same and then
+    replaces M by the identity.
+    """
+    rigid = {
+        m: motion_mod.random_rigid(rng, centre_mm, cfg.max_rotation_deg, cfg.max_translation_mm) for m in ("T1", "T1C")
+    }
+    nonrigid: dict[str, sitk.BSplineTransform | None] = {m: None for m in rigid}
+    if float(cfg.max_nonrigid_mm) > 0:
+        nonrigid = {
+            m: motion_mod.random_bspline(rng, ref, cfg.max_nonrigid_mm, cfg.nonrigid_grid_spacing_mm) for m in rigid
+        }
+    if not motion:
+        rigid = {m: motion_mod.identity_rigid(centre_mm) for m in rigid}
+        nonrigid = {m: None for m in rigid}
+    return rigid, nonrigid
+
+
+def _sample_patient(streams: _Streams, cfg: SynthConfig, atlas: Atlas, ref: sitk.Image, motion: bool) -> _Patient:
+    """Draw one patient's anatomy (deformation, tissues, lesions and vessels within the slab
+    imaged by ``ref``, texture) and motion, each from its own stream."""
+    deformation, deform_info = random_deformation(streams.anatomy, atlas)
+    brain = PatientBrain.from_deformation(atlas, deformation)
+    z0, z1 = _slab_z(ref)
+    tissues = sample_patient_tissues(streams.tissues)
+    lesions = sample_lesions(streams.lesions, brain, z0, z1)
+    tubes, vessel_info = sample_vessels(streams.vessels, brain, z0, z1)
+    texture = SmoothNoise(streams.texture, 16, (3.0, 12.0))
+    rigid, nonrigid = _sample_motion(streams.motion, cfg, ref, atlas.centre_mm, motion)
+    return _Patient(deformation, deform_info, tissues, lesions, tubes, vessel_info, texture, rigid, nonrigid)
+
+
+def _scan_transform(
+    deformation: sitk.Transform,
+    rigid: sitk.Euler3DTransform | None,
+    bspline: sitk.BSplineTransform | None,
+    pts: np.ndarray,
+    fine: sitk.Image,
+) -> tuple[sitk.Transform, np.ndarray]:
+    """(scan -> template transform, patient-space points q (N, 3) mm seen at the fine-grid points
+    ``pts`` (N, 3) mm) for a scan moved by M = rigid o bspline (``rigid`` None: not moved)."""
+    if rigid is None:
+        return deformation, pts
+    if bspline is None:
+        tr = sitk.CompositeTransform([deformation, rigid.GetInverse()])
+        return tr, motion_mod.apply_inverse(rigid, pts)
+    # q = M^-1(y) at the fine-grid points y; SimpleITK samples the atlas through a
+    # displacement field holding q - y at exactly those grid nodes.
+    q = motion_mod.apply_inverse_nonrigid(rigid, bspline, pts)
+    disp = sitk.GetImageFromArray((q - pts).reshape(tuple(fine.GetSize()[::-1]) + (3,)), isVector=True)
+    disp.CopyInformation(fine)
+    return sitk.CompositeTransform([deformation, sitk.DisplacementFieldTransform(disp)]), q
+
+
+def _atlas_fractions(vec_img: sitk.Image, fine: sitk.Image, tr: sitk.Transform) -> np.ndarray:
+    """Atlas channel fractions (N, C) float32 at the fine-grid points, sampled (linear) through ``tr``."""
+    fr = sitk.GetArrayFromImage(sitk.Resample(vec_img, fine, tr, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32))
+    return fr.reshape(-1, len(CHANNELS))
+
+
+def _clean_scan(
+    seq: Sequence, patient: _Patient, frac: dict[str, np.ndarray], uptake: np.ndarray, q: np.ndarray, shape_zyx, nsub
+) -> np.ndarray:
+    """Noise-free scan (z, y, x): the compartment signals at the sub-samples ``q`` (N, 3) mm,
+    times the tissue texture, averaged over each voxel's sub-samples (slice profile)."""
+    s = _signal(seq, patient.tissues, frac, uptake)
+    s *= 1.0 + TEXTURE_AMPLITUDE * patient.texture(q)
+    return _block_mean(s, shape_zyx, nsub)
+
+
+def _voxel_fractions(frac: dict[str, np.ndarray], shape_zyx, nsub) -> np.ndarray:
+    """Per-voxel mean compartment fractions (K, z, y, x), K in COMPARTMENTS order."""
+    return np.stack([_block_mean(frac[k], shape_zyx, nsub) for k in COMPARTMENTS], 0)
+
+
+def _tumour_mask(avg: np.ndarray) -> np.ndarray:
+    """Tumour mask (z, y, x) uint8 from the voxel fractions ``avg`` (K, z, y, x): rim + necrosis >= 0.5."""
+    gross = avg[COMPARTMENTS.index("rim")] + avg[COMPARTMENTS.index("necrosis")]
+    return (gross >= 0.5).astype(np.uint8)
+
+
+def _label_map(avg: np.ndarray) -> np.ndarray:
+    """Dominant-compartment label (z, y, x) uint8 (0 = air, then LABELS order) from ``avg`` (K, z, y, x)."""
+    air = np.clip(1.0 - avg.sum(0), 0.0, 1.0)[None]
+    return np.argmax(np.concatenate([air, avg], 0), axis=0).astype(np.uint8)
+
+
+def _on_grid(arr: np.ndarray, ref: sitk.Image) -> sitk.Image:
+    """The (z, y, x) array as an image with the geometry of ``ref``."""
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(ref)
+    return img
+
+
+def _acquire(
+    rng: np.random.Generator, clean: np.ndarray, seq: Sequence, tissues: PatientTissues, snr: float, ref: sitk.Image
+) -> tuple[sitk.Image, dict[str, Any]]:
+    """Scanner: receive bias, Rician noise (``snr`` relative to white matter), 12-bit gain.
+
+    ``clean`` is the noise-free scan (z, y, x). Returns (int16 image 0-4095 on ``ref``, its
+    cohort.json scanner entry). Draws bias, noise, then gain from ``rng``.
+    """
+    bias = bias_field(rng, clean.shape, BIAS_AMPLITUDE)
+    clean = clean * bias
+    wm = tissues["wm"]
+    s_wm = float(seq.signal(wm.pd, *wm.relaxation(wm.gd_mM if seq.contrast else 0.0)))
+    sigma = s_wm / snr
+    noisy = rician(rng, clean, sigma)
+    body = clean > 0.05 * clean.max()
+    p995 = float(np.percentile(clean[body], 99.5)) if body.any() else float(clean.max() or 1.0)
+    target = float(rng.uniform(0.78, 0.9)) * 4095.0
+    gain = target / max(p995, 1e-12)
+    img = _on_grid(to_uint12(noisy * gain), ref)
+    info = {"gain": round(gain, 3), "snr_wm": snr, "noise_sigma": round(sigma * gain, 3), "sequence": seq.to_dict()}
+    return img, info
+
+
+def _simulate_scans(
+    cfg: SynthConfig, atlas: Atlas, ref: sitk.Image, patient: _Patient, rng: np.random.Generator, return_maps: bool
+) -> tuple[dict[str, sitk.Image], dict[str, np.ndarray], dict[str, dict[str, Any]], np.ndarray]:
+    """Acquire the scans in SCANS order on the grid ``ref``, the scanner draws from ``rng``.
+
+    Returns (images by scan, label maps by scan (empty unless ``return_maps``), scanner entries by
+    scan, tumour mask (z, y, x) uint8 from the T2 scan).
+    """
+    nsub = subsampling(cfg.spacing_mm)
+    fine, pts = _fine_grid(ref, nsub)
+    shape = ref.GetSize()[::-1]
+    vec_img, _ = atlas_images(atlas)
+    images: dict[str, sitk.Image] = {}
+    maps: dict[str, np.ndarray] = {}
+    scanner: dict[str, dict[str, Any]] = {}
+    mask = None
+    for scan in SCANS:
+        seq = SEQUENCES[scan]
+        tr, q = _scan_transform(patient.deformation, patient.rigid.get(scan), patient.nonrigid.get(scan), pts, fine)
+        frac, uptake = _compartments(_atlas_fractions(vec_img, fine, tr), q, patient.lesions, patient.tubes)
+        clean = _clean_scan(seq, patient, frac, uptake, q, shape, nsub)
+        if return_maps or scan == "T2":
+            avg = _voxel_fractions(frac, shape, nsub)
+            if scan == "T2":
+                mask = _tumour_mask(avg)
+            if return_maps:
+                maps[scan] = _label_map(avg)
+        images[scan], scanner[scan] = _acquire(rng, clean, seq, patient.tissues, float(scan_snr(cfg, scan)), ref)
+    return images, maps, scanner, mask
+
+
+def _patient_summary(
+    pid: str, index: int, cfg: SynthConfig, patient: _Patient, mask: np.ndarray, scanner: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The patient's cohort.json entry: lesions, tumour mask (z, y, x) volume (ml) and slices,
+    dose, deformation, vessels and scanner settings."""
+    voxel_ml = float(np.prod(cfg.spacing_mm)) / 1000.0
+    return {
+        "pid": pid,
+        "index": int(index),
+        "n_lesions": len(patient.lesions),
+        "lesions": [les.summary() for les in patient.lesions],
+        "mask_volume_ml": round(float(mask.sum()) * voxel_ml, 3),
+        "mask_slices": [int(k) for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(1))],
+        "dose_factor": patient.tissues.dose_factor,
+        "deformation": patient.deform_info,
+        "vessels": patient.vessel_info,
+        "scanner": scanner,
+    }
+
+
 def synthesize_patient(
     pid: str,
     index: int,
@@ -189,112 +412,16 @@ def synthesize_patient(
 ) -> PatientResult:
     """Simulate one patient. ``motion=False`` gives the same patient without inter-scan motion."""
     validate(cfg, seed)
-    if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or index < 0:
-        raise ValueError(f"patient index must be a non-negative integer, got {index!r}")
+    _check_index(index)
     atlas = atlas or load_atlas()
-    streams = np.random.SeedSequence([int(seed), int(index)]).spawn(7)
-    r_anat, r_tis, r_les, r_ves, r_tex, r_mot, r_scn = (np.random.default_rng(s) for s in streams)
-
-    deformation, deform_info = random_deformation(r_anat, atlas)
-    brain = PatientBrain.from_deformation(atlas, deformation)
+    streams = _patient_streams(seed, index)
     ref = t2_grid(cfg, atlas)
-    z0 = ref.GetOrigin()[2] - ref.GetSpacing()[2] / 2
-    z1 = z0 + ref.GetSpacing()[2] * ref.GetSize()[2]
-    tissues = sample_patient_tissues(r_tis)
-    lesions = sample_lesions(r_les, brain, z0, z1)
-    tubes, vessel_info = sample_vessels(r_ves, brain, z0, z1)
-    texture = SmoothNoise(r_tex, 16, (3.0, 12.0))
-    centre = atlas.centre_mm
-    motions = {
-        m: motion_mod.random_rigid(r_mot, centre, cfg.max_rotation_deg, cfg.max_translation_mm) for m in ("T1", "T1C")
-    }
-    nonrigid: dict[str, sitk.BSplineTransform | None] = {m: None for m in motions}
-    if float(cfg.max_nonrigid_mm) > 0:  # drawn after both rigid parts: the rigid draws do not depend on it
-        nonrigid = {
-            m: motion_mod.random_bspline(r_mot, ref, cfg.max_nonrigid_mm, cfg.nonrigid_grid_spacing_mm) for m in motions
-        }
-    if not motion:
-        motions = {m: motion_mod.identity_rigid(centre) for m in motions}
-        nonrigid = {m: None for m in motions}
-
-    nsub = subsampling(cfg.spacing_mm)
-    fine, pts = _fine_grid(ref, nsub)
-    shape = ref.GetSize()[::-1]
-    vec_img, _ = atlas_images(atlas)
-    images: dict[str, sitk.Image] = {}
-    maps: dict[str, np.ndarray] = {}
-    scanner: dict[str, dict[str, float]] = {}
-    mask = None
-    for scan in SCANS:
-        seq = SEQUENCES[scan]
-        m = motions.get(scan)
-        if m is None:
-            tr, q = deformation, pts
-        elif nonrigid[scan] is None:
-            tr = sitk.CompositeTransform([deformation, m.GetInverse()])
-            q = motion_mod.apply_inverse(m, pts)
-        else:
-            # q = M^-1(y) at the fine-grid points y; SimpleITK samples the atlas through a
-            # displacement field holding q - y at exactly those grid nodes.
-            q = motion_mod.apply_inverse_nonrigid(m, nonrigid[scan], pts)
-            disp = sitk.GetImageFromArray((q - pts).reshape(tuple(fine.GetSize()[::-1]) + (3,)), isVector=True)
-            disp.CopyInformation(fine)
-            tr = sitk.CompositeTransform([deformation, sitk.DisplacementFieldTransform(disp)])
-        fr = sitk.GetArrayFromImage(sitk.Resample(vec_img, fine, tr, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32))
-        fr = fr.reshape(-1, len(CHANNELS))
-        frac, uptake = _compartments(fr, q, lesions, tubes)
-        s = _signal(seq, tissues, frac, uptake)
-        s *= 1.0 + TEXTURE_AMPLITUDE * texture(q)
-        clean = _block_mean(s, shape, nsub)
-        if return_maps or scan == "T2":
-            avg = np.stack([_block_mean(frac[k], shape, nsub) for k in COMPARTMENTS], 0)
-            if scan == "T2":
-                gross = avg[COMPARTMENTS.index("rim")] + avg[COMPARTMENTS.index("necrosis")]
-                mask = (gross >= 0.5).astype(np.uint8)
-            if return_maps:
-                air = np.clip(1.0 - avg.sum(0), 0.0, 1.0)[None]
-                maps[scan] = np.argmax(np.concatenate([air, avg], 0), axis=0).astype(np.uint8)
-        # scanner: receive bias, Rician noise (SNR relative to white matter), 12-bit gain
-        bias = bias_field(r_scn, clean.shape, BIAS_AMPLITUDE)
-        clean = clean * bias
-        wm = tissues["wm"]
-        s_wm = float(seq.signal(wm.pd, *wm.relaxation(wm.gd_mM if seq.contrast else 0.0)))
-        snr = float(scan_snr(cfg, scan))
-        sigma = s_wm / snr
-        noisy = rician(r_scn, clean, sigma)
-        body = clean > 0.05 * clean.max()
-        p995 = float(np.percentile(clean[body], 99.5)) if body.any() else float(clean.max() or 1.0)
-        target = float(r_scn.uniform(0.78, 0.9)) * 4095.0
-        gain = target / max(p995, 1e-12)
-        arr = to_uint12(noisy * gain)
-        img = sitk.GetImageFromArray(arr)
-        img.CopyInformation(ref)
-        images[scan] = img
-        scanner[scan] = {
-            "gain": round(gain, 3),
-            "snr_wm": snr,
-            "noise_sigma": round(sigma * gain, 3),
-            "sequence": seq.to_dict(),
-        }
-    mimg = sitk.GetImageFromArray(mask)
-    mimg.CopyInformation(ref)
-    images["mask"] = mimg
-
-    voxel_ml = float(np.prod(cfg.spacing_mm)) / 1000.0
-    summary = {
-        "pid": pid,
-        "index": int(index),
-        "n_lesions": len(lesions),
-        "lesions": [les.summary() for les in lesions],
-        "mask_volume_ml": round(float(mask.sum()) * voxel_ml, 3),
-        "mask_slices": [int(k) for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(1))],
-        "dose_factor": tissues.dose_factor,
-        "deformation": deform_info,
-        "vessels": vessel_info,
-        "scanner": scanner,
-    }
-    motion_json = {m: motion_mod.motion_entry(t, nonrigid[m], m) for m, t in motions.items()}
-    motion_tx = {m: motion_mod.composite(t, nonrigid[m]) for m, t in motions.items()}
+    patient = _sample_patient(streams, cfg, atlas, ref, motion)
+    images, maps, scanner, mask = _simulate_scans(cfg, atlas, ref, patient, streams.scanner, return_maps)
+    images["mask"] = _on_grid(mask, ref)
+    summary = _patient_summary(pid, index, cfg, patient, mask, scanner)
+    motion_json = {m: motion_mod.motion_entry(t, patient.nonrigid[m], m) for m, t in patient.rigid.items()}
+    motion_tx = {m: motion_mod.composite(t, patient.nonrigid[m]) for m, t in patient.rigid.items()}
     return PatientResult(pid, images, motion_json, summary, maps if return_maps else None, motion_tx)
 
 
