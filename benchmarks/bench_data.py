@@ -2,7 +2,7 @@
 
 (a) ``SliceDataset.batch`` reads of random batches (batch 4, two modalities + target) from a
     normalised slice store written by the project's own ``split`` and ``normalize`` code,
-    against one PGMGVCE training step (as in ``bench_train``) at the same image size and batch.
+    against one PGMGVCE training step (``GanStep.step``, as in ``bench_train``) at the same image size and batch.
     The ratio read / step should be << 1 (data loading is not the bottleneck). The store was
     just written, so reads come from the page cache (a cold disk is slower; dropping caches
     needs root).
@@ -191,7 +191,7 @@ def read_vs_step(norm_dir: Path, image_size: int, reads: int, steps: int) -> dic
     """Median seconds of a random ``SliceDataset.batch`` read vs of one PGMGVCE training step (same size and batch)."""
     import torch
     from _common import set_threads, time_calls
-    from bench_train import PGMGVCESetup, pgmgvce_iteration
+    from bench_train import pgmgvce_step
 
     from vce.config import load_config
     from vce.training.data import SeededBatchSampler, SliceDataset
@@ -202,9 +202,9 @@ def read_vs_step(norm_dir: Path, image_size: int, reads: int, steps: int) -> dic
     tr = time_calls(lambda: data.batch(sampler.next_batch()), reads, warmup=2)
     cfg = load_config(profile="paper").train
     torch.manual_seed(0)
-    m = PGMGVCESetup(cfg.base_channels, image_size, cfg.gp_weight, cfg.pg_eps)
+    step = pgmgvce_step(cfg.base_channels, image_size)  # the trainer's own GanStep
     x, y = data.batch(sampler.next_batch())
-    ts = time_calls(lambda: pgmgvce_iteration(m, x, y), steps, warmup=1)
+    ts = time_calls(lambda: step.step(x, y), steps, warmup=1)
     return {
         "batch": BATCH,
         "image_size": image_size,

@@ -143,3 +143,6 @@ def test_bench_data_memory_child_in_process(tmp_path):
     data = SliceDataset(tmp_path / "work" / "normalized" / "sigmoid", "train", ("T1", "T2"))
     x, y = data.batch(np.arange(len(data)))
     assert res["checksum"] == pytest.approx(float(x.double().sum() + y.double().sum()), rel=1e-4)
+    # the read is timed against the trainer's own step on a batch of that store
+    rv = bench_data.read_vs_step(tmp_path / "work" / "normalized" / "sigmoid", 32, reads=3, steps=1)
+    assert rv["steps"] == 1 and rv["step_s"] > 0 and rv["read_over_step"] == rv["read_s"] / rv["step_s"]
