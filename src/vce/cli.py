@@ -245,7 +245,7 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
 
 def _compare(args: argparse.Namespace, cfg: Config) -> int:
     from . import steps
-    from .reporting.tables import format_console
+    from .reporting.rendering import format_console
 
     dirs = args.eval or sorted(str(p.parent) for p in (OUT / "eval").glob("*/variant.json"))
     if not dirs:

@@ -31,10 +31,10 @@ from vce.reporting import ablations
 from vce.reporting.ablations import Roles, derive_roles
 from vce.reporting.loading import ACCURACY, TEXTURE, load_patient_metrics, load_slice_metrics
 from vce.reporting.paper import BASELINE_LABEL, GT_LABEL, MAIN_LABEL, OVERVIEW, TABLE1, TABLE2
-from vce.reporting.rendering import format_console, write_report
+from vce.reporting.rendering import write_report
 from vce.reporting.stats import add_mean_sd, add_paired_tests, frame
 
-__all__ = ["build_tables", "compare", "format_console", "write_report"]  # format_console: for vce.cli
+__all__ = ["build_tables", "compare"]
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,6 @@ class LossLog:
         self.n_window = 0
         return row
 
-    def series(self, column: str) -> list[float]:
-        return [r[column] for r in self.rows]
-
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "window": self.window, "n_window": self.n_window}
 
