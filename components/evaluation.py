@@ -25,11 +25,36 @@ def evaluate_op(
     from vce import steps
     from vce.config import load_config_text
 
+    from vce.evaluation.run import logged_metrics
+
     steps.evaluate(model.path, registered.path, split.path, normalized.path, evaluation.path,
                    load_config_text(params_yaml, profile))
     summary = json.load(open(f"{evaluation.path}/summary.json"))["mean_over_patients"]
-    for k in ("mae", "mse", "ssim", "tmsvpmi", "tavpmi", "tfpmi", "vfpmi"):
-        metrics.log_metric(k, float(summary[k]))
+    for k, v in logged_metrics(summary).items():  # the same names as the MLflow run and metrics.json
+        metrics.log_metric(k, float(v))
+
+
+@dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
+def reference_op(
+    registered: Input[Dataset],
+    split: Input[Dataset],
+    normalized: Input[Dataset],
+    params_yaml: str,
+    profile: str,
+    reference: Output[Dataset],
+):
+    """The reference rows of every table: the oracle (resampling ceiling) and the learnability regressor."""
+    import json
+
+    from vce import steps
+    from vce.config import load_config_text
+
+    steps.reference(registered.path, split.path, normalized.path, reference.path, load_config_text(params_yaml, profile))
+    for r in ("oracle", "learnability"):
+        summary = json.load(open(f"{reference.path}/{r}/summary.json"))["mean_over_patients"]
+        for k in ("mae_body", "ssim_body", "enh_ratio_ring"):
+            if summary.get(k) == summary.get(k):  # not NaN
+                reference.metadata[f"{r}.{k}"] = float(summary[k])
 
 
 @dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
@@ -39,9 +64,10 @@ def compare_op(
     profile: str,
     tracking_uri: str,
     study: Input[Artifact],
+    reference: Input[Dataset],
     report: Output[Dataset],
 ):
-    """Table 1, Table 2 and the three ablation tables; logged to the study's parent run."""
+    """The paper's tables, the protocol tables, verdicts, metrics.json and report.html; logged to the study's parent run."""
     import json
 
     from vce import steps
@@ -49,4 +75,4 @@ def compare_op(
 
     parent = json.load(open(study.path))["run_id"]
     steps.compare([e.path for e in evaluations], report.path, load_config_text(params_yaml, profile),
-                  tracking_uri=tracking_uri or None, parent_run_id=parent or None)
+                  tracking_uri=tracking_uri or None, parent_run_id=parent or None, reference=reference.path)

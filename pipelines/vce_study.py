@@ -1,4 +1,4 @@
-"""The VCE study DAG: cohort -> register -> split -> normalize -> [train -> evaluate] x variants -> compare.
+"""The VCE study DAG: cohort -> register -> split -> normalize -> [train -> evaluate] x variants, reference -> compare.
 
 Wiring only; every step is a component in ``components/``. The same definition runs on a
 Kubeflow cluster (compiled ``vce_study.yaml``; training requests one GPU) and locally with kfp's
@@ -14,7 +14,7 @@ from pathlib import Path
 from kfp import compiler, dsl
 
 from components.data import cohort_op, normalize_op, register_op, split_op
-from components.evaluation import compare_op, evaluate_op
+from components.evaluation import compare_op, evaluate_op, reference_op
 from components.training import start_study_op, train_op, variants_op
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +51,11 @@ def build_pipeline(parallelism: int = CLUSTER_PARALLELISM, defaults: dict | None
         split.set_display_name("slice-and-split")
         normalized = normalize_op(split=split.outputs["split"], params_yaml=params_yaml, profile=profile)
         normalized.set_display_name("normalize")
+        reference = reference_op(
+            registered=registered.outputs["registered"], split=split.outputs["split"],
+            normalized=normalized.outputs["normalized"], params_yaml=params_yaml, profile=profile,
+        )
+        reference.set_display_name("reference-rows").set_memory_limit("8G")
         study = start_study_op(tracking_uri=tracking_uri, experiment=experiment, params_yaml=params_yaml, profile=profile)
         study.set_display_name("start-study").set_caching_options(False)
         variants = variants_op(params_yaml=params_yaml, profile=profile)
@@ -70,7 +75,7 @@ def build_pipeline(parallelism: int = CLUSTER_PARALLELISM, defaults: dict | None
             evaluation.set_display_name("evaluate").set_caching_options(False)
         report = compare_op(
             evaluations=dsl.Collected(evaluation.outputs["evaluation"]), params_yaml=params_yaml, profile=profile,
-            tracking_uri=tracking_uri, study=study.outputs["study"],
+            tracking_uri=tracking_uri, study=study.outputs["study"], reference=reference.outputs["reference"],
         )
         report.set_display_name("compare-to-baseline").set_caching_options(False)
         return report.outputs["report"]

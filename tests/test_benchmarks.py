@@ -18,6 +18,7 @@ sys.path.insert(0, str(BENCH))
 import _common  # noqa: E402
 import bench_data  # noqa: E402
 import bench_inference  # noqa: E402
+import bench_metrics  # noqa: E402
 import bench_train  # noqa: E402
 import run as bench_run  # noqa: E402
 from pix2pix_reference import NLayerDiscriminator, UnetGenerator  # noqa: E402
@@ -34,7 +35,7 @@ def _restore_threads():
 
 def test_discover_finds_the_suite():
     names = bench_run.discover()
-    assert {"train", "inference", "data"} <= set(names)
+    assert {"train", "inference", "data", "metrics"} <= set(names)
 
 
 def test_runner_writes_schema_and_fails_on_error(tmp_path):
@@ -146,3 +147,23 @@ def test_bench_data_memory_child_in_process(tmp_path):
     # the read is timed against the trainer's own step on a batch of that store
     rv = bench_data.read_vs_step(tmp_path / "work" / "normalized" / "sigmoid", 32, reads=3, steps=1)
     assert rv["steps"] == 1 and rv["step_s"] > 0 and rv["read_over_step"] == rv["read_s"] / rv["step_s"]
+
+
+def test_bench_metrics_tiny():
+    res = bench_metrics.run(True, n_slices=3, size=24, repeats=1)
+    json.dumps(res)
+    assert res["setting"]["n_slices"] == 3 and res["values_equal"] is True
+    assert set(res["max_difference"]) == set(bench_metrics.KEYS)
+    assert max(res["max_difference"].values()) <= bench_metrics.TOLERANCE
+    assert res["loop"]["median_s"] > 0 and res["batched"]["median_s"] > 0
+    assert res["ratios"]["loop_over_batched"] == pytest.approx(res["loop"]["median_s"] / res["batched"]["median_s"])
+    assert res["meets_target"] == (res["ratios"]["loop_over_batched"] >= bench_metrics.TARGET)
+    assert res["box_filters"]["values_agree"] is True
+
+
+def test_bench_metrics_loop_and_batched_agree_on_the_phantom():
+    pred, gt, body = bench_metrics.phantom_stack(2, 32)
+    assert pred.shape == gt.shape == body.shape == (2, 32, 32) and body.dtype == bool
+    assert 0 <= gt.min() and gt.max() <= 4095 and (gt[:, ~body[0]] == 0).all()
+    diffs = bench_metrics.differences(bench_metrics.loop_metrics(pred, gt), bench_metrics.batched_metrics(pred, gt))
+    assert max(diffs.values()) < 1e-12

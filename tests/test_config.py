@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from vce.config import ConfigError, Variant, load_config, load_config_text
@@ -11,8 +13,9 @@ def test_profiles_load_and_paper_settings():
     assert paper.train.lr == pytest.approx(2e-4) and paper.train.beta1 == pytest.approx(0.5)
     assert paper.synth.n_patients == 80
     assert [v.name for v in paper.variants][0] == "pgmgvce_main"
-    assert len(paper.variants) == 8
-    assert sum(v.model == "mmgsn" for v in paper.variants) == 1
+    assert len([v for v in paper.variants if v.seed_offset == 0]) == 8  # the paper's eight
+    assert sum(v.model == "mmgsn" and v.seed_offset == 0 for v in paper.variants) == 1
+    assert {v.name for v in paper.variants if v.seed_offset} == {"pgmgvce_main_seed1", "baseline_mmgsn_seed1"}
 
 
 def test_unknown_key_is_an_error():
@@ -89,7 +92,7 @@ def _tiny_text(old: str, new: str) -> str:
         ("lambda_pg: 10.0", "lambda_pg: -1", r"params\.yaml:variants\.ratio_10to1\.lambda_pg must be >= 0 \(got -1\)"),
         ("lambda_pg: 0.0,  lambda_gan: 1.0,  lambda_l1: 100.0", "lambda_pg: 0,  lambda_gan: 0,  lambda_l1: 0",
          r"variants\.baseline_mmgsn: all generator loss weights are 0, nothing to train"),
-        ("model: mmgsn", "model: unet", r"variants\.baseline_mmgsn\.model must be one of \('pgmgvce', 'mmgsn'\)"),
+        ("model: mmgsn,   lambda_pg", "model: unet,   lambda_pg", r"variants\.baseline_mmgsn\.model must be one of \('pgmgvce', 'mmgsn'\)"),
         ("normalization: tanh", "normalization: 1", r"variants\.norm_tanh\.normalization must be a string"),
     ],
 )
@@ -100,8 +103,20 @@ def test_bad_params_fail_at_load_naming_the_key(old, new, match):
 
 def test_section_that_is_not_a_mapping_is_a_config_error():
     with pytest.raises(ConfigError, match=r"profiles\.tiny\.evaluate: expected a mapping"):
-        load_config_text(_tiny_text("      data_range: 4095\n    study:\n      parallelism: 2",
-                                    "      - 4095\n    study:\n      parallelism: 2"), "tiny")
+        head, tiny = PARAMS.split("  tiny:\n")
+        tiny = re.sub(r"    evaluate:\n(      .*\n)+", "    evaluate: [4095]\n", tiny, count=1)
+        load_config_text(head + "  tiny:\n" + tiny, "tiny")
+
+
+@pytest.mark.parametrize("old, new, match", [
+    ("max_fov_missing: 0.03", "max_fov_missing: 1.5", r"profiles\.tiny\.split\.max_fov_missing must be in \[0.0, 1.0\]"),
+    ("ring_px: 3", "ring_px: 0", r"profiles\.tiny\.evaluate\.ring_px must be >= 1"),
+    ("ci_level: 0.95", "ci_level: 2", r"profiles\.tiny\.evaluate\.ci_level must be in"),
+    ("seed_offset: 1}\n  baseline", "seed_offset: -1}\n  baseline", r"variants\.pgmgvce_main_seed1\.seed_offset must be >= 0"),
+])
+def test_evaluation_params_are_checked_at_load(old, new, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config_text(_tiny_text(old, new), "tiny", source="params.yaml")
 
 
 def test_config_error_is_a_value_error():

@@ -27,7 +27,7 @@ import yaml
 
 from conftest import ROOT
 
-SHARED = ("register", "split", "normalize", "train", "evaluate", "compare")
+SHARED = ("register", "split", "normalize", "train", "evaluate", "reference", "compare")
 KFP_ONLY_STEPS = {"synth", "start_study"}  # called by the cohort-op and start-study-op tasks
 SRC = ROOT / "src"
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

@@ -17,7 +17,7 @@ def test_compiled_pipeline_is_up_to_date(tmp_path):
 def test_dag_shape():
     spec = yaml.safe_load((ROOT / "pipelines" / "vce_study.yaml").read_text())
     tasks = spec["root"]["dag"]["tasks"]
-    assert {"cohort-op", "register-op", "split-op", "normalize-op", "start-study-op", "compare-op"} <= set(tasks)
+    assert {"cohort-op", "register-op", "split-op", "normalize-op", "reference-op", "start-study-op", "compare-op"} <= set(tasks)
     loop = next(t for t in tasks.values() if "parameterIterator" in t)
     inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
     assert {"train-op", "evaluate-op"} <= set(inner)
@@ -30,7 +30,7 @@ def test_dag_shape():
     from components.training import variants_op
 
     variants = variants_op.python_func(params["params_yaml"]["defaultValue"], params["profile"]["defaultValue"])
-    assert len(variants) == 8
+    assert len(variants) == 10  # the paper's 8 and the seed replicates of main and baseline
     # training asks for a GPU on the cluster
     k8s = yaml.safe_dump(spec)
     assert "nvidia.com/gpu" in k8s

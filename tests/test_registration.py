@@ -221,6 +221,60 @@ def test_registered_volumes_are_on_the_t2_grid(tiny_cohort, tiny_registered):
     assert qc["patient"] == pid and "T1_mi_after" in qc and qc["status"] == "ok"
 
 
+def test_t1c_clean_and_wm_mask_are_carried(tiny_cohort, tiny_registered):
+    """T1C_clean goes through exactly T1C's estimated transform; wm_mask is copied like tumor_mask."""
+    pid = sorted(p.name for p in tiny_registered.iterdir() if p.is_dir())[0]
+    reg, raw = tiny_registered / pid, tiny_cohort / pid
+    t2 = sitk.ReadImage(str(reg / "T2.nii.gz"))
+    clean = sitk.ReadImage(str(reg / "T1C_clean.nii.gz"))
+    assert clean.GetPixelID() == sitk.sitkFloat32 and clean.GetSize() == t2.GetSize()
+    np.testing.assert_allclose(clean.GetOrigin(), t2.GetOrigin(), atol=1e-4)
+    tx = sitk.ReadTransform(str(reg / "transform_T1C.tfm"))
+    raw_clean = sitk.Cast(sitk.ReadImage(str(raw / "T1C_clean.nii.gz")), sitk.sitkFloat32)
+    expected = sitk.GetArrayFromImage(sitk.Resample(raw_clean, t2, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(clean), expected)  # .tfm round trip is exact
+    # registered T1C and T1C_clean: the same anatomy on the same voxels, zero-filled at the same FOV edge
+    t1c = sitk.GetArrayFromImage(sitk.ReadImage(str(reg / "T1C.nii.gz")))
+    body = body_mask(sitk.GetArrayFromImage(t2))
+    assert np.corrcoef(t1c[body], sitk.GetArrayFromImage(clean)[body])[0, 1] > 0.97
+    outside_fov = (t1c == 0) & body  # the noisy T1C is > 0 wherever it was imaged; the clean one is 0 there too
+    assert outside_fov.any() and np.all(sitk.GetArrayFromImage(clean)[outside_fov] == 0)
+    wm = sitk.ReadImage(str(reg / "wm_mask.nii.gz"))
+    assert wm.GetPixelID() == sitk.sitkUInt8
+    assert np.array_equal(sitk.GetArrayFromImage(wm), sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "wm_mask.nii.gz"))))
+
+
+def test_nothing_is_estimated_from_t1c_clean(tmp_path, tiny_cfg, tiny_cohort, tiny_registered):
+    """Without T1C_clean / wm_mask the patient registers to byte-identical transforms and volumes."""
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_cohort / "P001", raw / "P001")
+    (raw / "P001" / "T1C_clean.nii.gz").unlink()
+    (raw / "P001" / "wm_mask.nii.gz").unlink()
+    register_cohort(raw, tmp_path / "reg", tiny_cfg.register, seed=tiny_cfg.seed)
+    a, b = tmp_path / "reg" / "P001", tiny_registered / "P001"
+    for f in ("transform_T1.tfm", "transform_T1C.tfm", "T1.nii.gz", "T1C.nii.gz", "T2.nii.gz", "tumor_mask.nii.gz"):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    assert not (a / "T1C_clean.nii.gz").exists() and not (a / "wm_mask.nii.gz").exists()
+
+
+@pytest.mark.parametrize("name, crop", [("T1C_clean.nii.gz", "noise-free T1C grid"), ("wm_mask.nii.gz", "white-matter mask size")])
+def test_optional_file_off_grid_is_refused(tmp_path, tiny_cfg, tiny_cohort, name, crop):
+    import shutil
+
+    from vce.io.errors import VCEInputError
+    from vce.prep.registration import register_patient
+
+    shutil.copytree(tiny_cohort / "P001", tmp_path / "P001")
+    f = tmp_path / "P001" / name
+    img = sitk.ReadImage(str(f))
+    sitk.WriteImage(img[:, :-2, :], str(f))
+    with pytest.raises(VCEInputError, match=f"{name}: {crop}"):
+        register_patient(tmp_path / "P001", tmp_path / "out", tiny_cfg.register)
+    assert not (tmp_path / "out").exists()  # refused before registering
+
+
 def test_failed_qc_excludes_patient(tmp_path, tiny_cfg, tiny_cohort):
     """An absurd TRE threshold fails everyone: exclude mode writes none of them, lists them with reasons."""
     cfg = dataclasses.replace(tiny_cfg.register, max_tre_mm=1e-3, on_failure="exclude", qc_png=False)

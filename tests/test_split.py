@@ -9,7 +9,7 @@ from vce.prep.slicing import SliceGeometry, from_square, to_square
 from vce.prep.split import assign_split
 
 
-def test_no_patient_in_both_splits(tiny_split):
+def test_no_patient_in_both_splits(tiny_split, tiny_cfg):
     m = pd.read_csv(tiny_split / "manifest.csv")
     assert set(m.split) == {"train", "test"}
     assert m.patient.is_unique
@@ -20,7 +20,8 @@ def test_no_patient_in_both_splits(tiny_split):
         n = len(idx[s])
         for f in ("T1", "T2", "T1C"):
             a = np.load(tiny_split / s / f"{f}.npy", mmap_mode="r")
-            assert a.shape == (n, 32, 32) and a.dtype == np.float32
+            size = tiny_cfg.split.image_size
+            assert a.shape == (n, size, size) and a.dtype == np.float32
         assert n == m.loc[m.split == s, "n_slices"].sum()
 
 
@@ -160,12 +161,14 @@ def test_kfold_store_and_split_id(tmp_path, tiny_cfg, tiny_registered, tiny_spli
 def test_split_id_covers_settings():
     from vce.prep.split import split_identity
 
-    base = {"seed": 1, "test_ratio": 0.125, "folds": 0, "fold": 0, "image_size": 32, "min_body_fraction": 0.05}
+    base = {"seed": 1, "test_ratio": 0.125, "folds": 0, "fold": 0, "image_size": 32, "min_body_fraction": 0.05,
+            "max_fov_missing": 0.01}
     man = b"patient,split,n_slices,sha256\nP001,train,3,ab\n"
     a = split_identity(base, man)
     assert a == split_identity(dict(reversed(list(base.items()))), man)  # key order irrelevant
     assert a != split_identity({**base, "folds": 4}, man)
     assert a != split_identity({**base, "fold": 1}, man)
+    assert a != split_identity({**base, "max_fov_missing": 0.02}, man)
     assert a != split_identity(base, man.replace(b"ab", b"ac"))  # a changed input hash
 
 
@@ -192,3 +195,104 @@ def test_batch_reads_do_not_load_whole_arrays(tmp_path):
     whole = n * s * s * 4
     assert peak < 0.1 * whole, (peak, whole)  # 2 of 400 slices x 3 arrays ~ 1.5 % of one array
     assert x.shape == (2, 2, s, s) and float(y[1, 0, 0, 0]) == 250.0
+
+
+# ------------------------------------------------------------------------------------------------
+# field-of-view completeness (split.max_fov_missing)
+
+
+def _head(nz: int = 4, n: int = 20) -> np.ndarray:
+    """(nz, n, n) T2-like volume: a bright disc of radius n/3 on a dark background."""
+    y, x = np.mgrid[:n, :n] - (n - 1) / 2
+    disc = (x**2 + y**2 <= (n / 3) ** 2).astype(np.float32)
+    return np.broadcast_to(100.0 * disc + 1.0, (nz, n, n)).copy()
+
+
+def test_kept_slices_rule():
+    from vce.prep.slicing import body_mask, kept_slices
+
+    t2 = _head()
+    t1 = t2.copy()
+    body = body_mask(t2)
+    z, n = kept_slices({"T2": t2, "T1": t1}, 0.05, 0.01)
+    assert z.tolist() == [0, 1, 2, 3] and n == 0
+    ys, xs = np.nonzero(body[1])
+    t1[1, ys[: len(ys) // 2], xs[: len(ys) // 2]] = 0.0  # half of slice 1's body outside T1's FOV
+    t1[2, ys[0], xs[0]] = 0.0  # one pixel: below 1 % of the body
+    z, n = kept_slices({"T2": t2, "T1": t1}, 0.05, 0.01)
+    assert z.tolist() == [0, 2, 3] and n == 1
+    assert kept_slices({"T2": t2, "T1": t1}, 0.05, 0.6)[0].tolist() == [0, 1, 2, 3]  # rule off
+    t1[:, 0, 0] = 0.0  # zeros in the air do not count
+    assert kept_slices({"T2": t2, "T1": t1}, 0.05, 0.01)[0].tolist() == [0, 2, 3]
+    # a slice without enough body is left out by min_body_fraction, and not counted as a FOV exclusion
+    t2[3] = 1.0
+    z, n = kept_slices({"T2": t2, "T1": t1}, 0.05, 0.01)
+    assert z.tolist() == [0, 2] and n == 1
+
+
+def test_fov_incomplete_slice_is_left_out_and_counted(tmp_path, tiny_cfg, tiny_registered, tiny_split):
+    """A patient whose T1 is zero on half of one slice's body loses exactly that slice; the others keep theirs."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    from vce import steps
+    from vce.prep.slicing import body_mask
+
+    geom = json.loads((tiny_split / "geometry.json").read_text())
+    before = pd.read_csv(tiny_split / "manifest.csv", dtype={"patient": str}).set_index("patient")
+    pid = before.index[0]
+    z = geom[pid]["z"][len(geom[pid]["z"]) // 2]
+    reg = tmp_path / "reg"
+    shutil.copytree(tiny_registered, reg)
+    img = sitk.ReadImage(str(reg / pid / "T1.nii.gz"))
+    a = sitk.GetArrayFromImage(img)
+    body = body_mask(sitk.GetArrayFromImage(sitk.ReadImage(str(reg / pid / "T2.nii.gz"))))[z]
+    ys, xs = np.nonzero(body)
+    a[z, ys[: len(ys) // 2], xs[: len(ys) // 2]] = 0.0
+    out = sitk.GetImageFromArray(a)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(reg / pid / "T1.nii.gz"))
+
+    after = steps.split(reg, tmp_path / "s", tiny_cfg).set_index("patient")
+    assert list(after.reset_index().columns) == ["patient", "split", "n_slices", "n_slices_fov_excluded", "sha256"]
+    assert after.loc[pid, "n_slices"] == before.loc[pid, "n_slices"] - 1
+    assert after.loc[pid, "n_slices_fov_excluded"] == before.loc[pid, "n_slices_fov_excluded"] + 1
+    geom2 = json.loads((tmp_path / "s" / "geometry.json").read_text())
+    assert geom2[pid]["z"] == [k for k in geom[pid]["z"] if k != z]
+    others = [p for p in before.index if p != pid]
+    assert after.loc[others, ["n_slices", "n_slices_fov_excluded"]].equals(before.loc[others, ["n_slices", "n_slices_fov_excluded"]])
+    assert all(geom2[p]["z"] == geom[p]["z"] for p in others)
+    info = json.loads((tmp_path / "s" / "split.json").read_text())
+    for s in ("train", "test"):
+        assert info["slices_fov_excluded"][s] == int(after.loc[after.split == s, "n_slices_fov_excluded"].sum())
+        assert info["slices"][s] == int(after.loc[after.split == s, "n_slices"].sum())
+    assert info["max_fov_missing"] == tiny_cfg.split.max_fov_missing
+
+
+def test_input_statistics_applies_the_same_rule(tiny_cfg, tiny_registered):
+    """predict's statistics leave out the FOV-incomplete slices of the inputs it has (T1, T2)."""
+    import SimpleITK as sitk
+
+    from vce.inference import input_statistics
+    from vce.io.errors import VCEInputError
+    from vce.prep.normalization import patient_stats
+    from vce.prep.slicing import body_mask, kept_slices
+
+    pid = sorted(p.name for p in tiny_registered.iterdir() if p.is_dir())[0]
+    vols = {m: sitk.GetArrayFromImage(sitk.ReadImage(str(tiny_registered / pid / f"{m}.nii.gz"))) for m in ("T1", "T2")}
+    sp = tiny_cfg.split
+    z, _ = kept_slices(vols, sp.min_body_fraction, sp.max_fov_missing)
+    k = int(z[len(z) // 2])
+    body = body_mask(vols["T2"])[k]
+    cut = {**vols, "T1": vols["T1"].copy()}
+    cut["T1"][k][body] = 0.0
+    got = input_statistics(cut, sp.image_size, sp.min_body_fraction, sp.max_fov_missing)
+    keep = [int(j) for j in z if j != k]  # split + normalize would store these slices
+    geom = SliceGeometry.for_shape(vols["T2"].shape[1:], sp.image_size)
+    sq_body = to_square(body_mask(vols["T2"])[keep].astype(np.float32), geom, order=0) > 0.5
+    for m in ("T1", "T2"):
+        mu, sd = patient_stats(to_square(cut[m][keep], geom), sq_body)
+        assert got[m] == {"mu": mu, "sd": sd}
+    with pytest.raises(VCEInputError, match="field of view"):
+        input_statistics({**vols, "T1": np.zeros_like(vols["T1"])}, sp.image_size, sp.min_body_fraction, sp.max_fov_missing)

@@ -22,10 +22,11 @@ def _with_main(cfg, name: str):
 
 def test_compare_passes_main_variant(tiny_cfg, tmp_path, monkeypatch):
     from vce import steps
-    from vce.reporting import tables
+    from vce.reporting import study
 
     seen = {}
-    monkeypatch.setattr(tables, "compare", lambda dirs, variants, out, *, main: seen.update(main=main, dirs=dirs) or {})
+    monkeypatch.setattr(study, "build_report", lambda dirs, variants, out, cfg, reference=None:
+                        seen.update(main=cfg.study.main_variant, dirs=dirs) or study.Report({}, {"variants": {}}))
     for v in tiny_cfg.variants[:3]:
         (tmp_path / v.name).mkdir()
         (tmp_path / v.name / "variant.json").write_text(v.to_json())

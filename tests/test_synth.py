@@ -102,7 +102,7 @@ def test_patient_depends_only_on_seed_and_index(tiny_cohort):
     out, _ = tiny_cohort
     bigger = SynthConfig(**{**TINY.__dict__, "n_patients": 5})
     res = synthesize_patient("P002", 1, bigger, SEED)
-    for key in ("T1", "T2", "T1C", "mask"):
+    for key in ("T1", "T2", "T1C", "mask", "T1C_clean", "wm"):
         on_disk = _arr(sitk.ReadImage(str(out / "P002" / PATIENT_FILES[key])))
         assert np.array_equal(on_disk, _arr(res.images[key])), key
 
@@ -261,3 +261,84 @@ def test_normal_enhancing_structures_in_atlas():
 
     for name in ("choroid", "mucosa"):
         assert enh(TISSUES[name])[0] > 1.5 * enh(TISSUES["wm"])[0], name
+
+
+# ------------------------------------------------------------------------------------------------
+# noise-free T1C and normal-appearing white matter (issue 9)
+
+
+def _acquire_before_t1c_clean(rng, clean, seq, tissues, snr, ref):
+    """``cohort._acquire`` as it was before T1C_clean existed (commit aeba1a1), verbatim but for
+    the names: the reference that the noisy scans and the random stream did not change."""
+    from vce.io.nifti import to_uint12
+    from vce.synth.signal import bias_field, rician
+
+    bias = bias_field(rng, clean.shape, cohort_mod.BIAS_AMPLITUDE)
+    clean = clean * bias
+    wm = tissues["wm"]
+    s_wm = float(seq.signal(wm.pd, *wm.relaxation(wm.gd_mM if seq.contrast else 0.0)))
+    sigma = s_wm / snr
+    noisy = rician(rng, clean, sigma)
+    body = clean > 0.05 * clean.max()
+    p995 = float(np.percentile(clean[body], 99.5)) if body.any() else float(clean.max() or 1.0)
+    target = float(rng.uniform(0.78, 0.9)) * 4095.0
+    gain = target / max(p995, 1e-12)
+    img = cohort_mod._on_grid(to_uint12(noisy * gain), ref)
+    info = {"gain": round(gain, 3), "snr_wm": snr, "noise_sigma": round(sigma * gain, 3), "sequence": seq.to_dict()}
+    return img, info, gain, bias
+
+
+def test_noise_free_t1c_draws_nothing():
+    """Same stream in, same noisy image, scanner entry and stream state out as before T1C_clean;
+    the clean image is the same bias x gain, 12-bit rounded, without the noise."""
+    from vce.synth.signal import SEQUENCES
+    from vce.synth.tissues import sample_patient_tissues
+
+    ref = sitk.Image([20, 16, 3], sitk.sitkUInt8)
+    tissues = sample_patient_tissues(np.random.default_rng(0))
+    clean = np.random.default_rng(1).uniform(0.0, 0.3, size=(3, 16, 20))
+    clean[:, :, :4] = 0.0  # air
+    old_rng, new_rng = np.random.default_rng(5), np.random.default_rng(5)
+    old_img, old_info, gain, bias = _acquire_before_t1c_clean(old_rng, clean, SEQUENCES["T1C"], tissues, 30.0, ref)
+    acq = cohort_mod._acquire(new_rng, clean, SEQUENCES["T1C"], tissues, 30.0, ref)
+    assert np.array_equal(_arr(acq.image), _arr(old_img)) and acq.info == old_info
+    assert old_rng.bit_generator.state == new_rng.bit_generator.state  # later scans see the same draws
+    expected = np.clip(np.rint(clean * bias * gain), 0, 4095).astype(np.int16)
+    assert acq.clean.GetPixelID() == sitk.sitkInt16 and np.array_equal(_arr(acq.clean), expected)
+    assert np.all(_arr(acq.clean)[:, :, :4] == 0) and _arr(acq.image)[:, :, :4].mean() > 1  # noise only in the noisy one
+
+
+def test_t1c_clean_is_the_t1c_without_noise(tiny_cohort):
+    out, pids = tiny_cohort
+    meta = json.loads((out / "cohort.json").read_text())
+    assert meta["files"]["T1C_clean"] == "T1C_clean.nii.gz" and meta["files"]["wm"] == "wm_mask.nii.gz"
+    for pid in pids:
+        t1c = sitk.ReadImage(str(out / pid / "T1C.nii.gz"))
+        clean = sitk.ReadImage(str(out / pid / "T1C_clean.nii.gz"))
+        assert clean.GetPixelID() == sitk.sitkInt16 and clean.GetSize() == t1c.GetSize()
+        assert np.allclose(clean.GetOrigin(), t1c.GetOrigin()) and np.allclose(clean.GetDirection(), t1c.GetDirection())
+        wm = _arr(sitk.ReadImage(str(out / pid / "wm_mask.nii.gz"))).astype(bool)
+        diff = (_arr(t1c).astype(float) - _arr(clean))[wm]
+        sigma = meta["summary"][pid]["scanner"]["T1C"]["noise_sigma"]
+        # in white matter (SNR 30) Rician noise is ~Gaussian: mean ~0, sd = the recorded sigma
+        assert abs(diff.mean()) < 0.15 * sigma and 0.85 < diff.std() / sigma < 1.15, (pid, diff.mean(), diff.std(), sigma)
+
+
+def test_wm_mask_is_normal_white_matter_away_from_the_lesion():
+    from scipy.ndimage import binary_dilation
+
+    lab = {name: i for i, name in enumerate(LABELS)}
+    res = synthesize_patient("P001", 0, TINY, SEED, return_maps=True)
+    wm = _arr(res.images["wm"])
+    assert res.images["wm"].GetPixelID() == sitk.sitkUInt8 and set(np.unique(wm)) == {0, 1}
+    assert res.images["wm"].GetSize() == res.images["T2"].GetSize()
+    wm = wm.astype(bool)
+    labels = res.maps["T2"]
+    assert np.all(labels[wm] == lab["wm"])  # >= 90 % white matter: WM is the dominant compartment
+    lesion = np.isin(labels, [lab["rim"], lab["necrosis"], lab["oedema"]]) | _arr(res.images["mask"]).astype(bool)
+    assert lesion.any()
+    disc = np.zeros((1, 5, 5), bool)
+    disc[0, 2, :] = disc[0, :, 2] = True
+    disc[0, 1:4, 1:4] = True  # radius-2 disc in-plane
+    assert not (wm & binary_dilation(lesion, structure=disc)).any()
+    assert wm.sum() >= 100  # a usable reference region even at 4.4 x 4.4 x 8 mm (partial volume: ~1/5 of WM-dominant voxels)

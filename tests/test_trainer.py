@@ -351,8 +351,8 @@ def test_validation_holdout_best_checkpoint_and_ema(tmp_path: Path, tiny_cfg) ->
     with open(out / "validation.csv") as fh:
         vrows = list(csv.DictReader(fh))
     assert [int(r["iteration"]) for r in vrows] == [3, 6]
-    assert all(0 < float(r["val_mae"]) < 1 and -1 <= float(r["val_ssim"]) <= 1 for r in vrows)
-    best_it = int(min(vrows, key=lambda r: float(r["val_mae"]))["iteration"])
+    assert all(0 < float(r["val_norm_mae"]) < 1 and -1 <= float(r["val_norm_ssim"]) <= 1 for r in vrows)
+    best_it = int(min(vrows, key=lambda r: float(r["val_norm_mae"]))["iteration"])
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     last = torch.load(out / "last.pt", weights_only=True)
     assert ck["selected"] == "best" and ck["selected_iteration"] == best_it and ck["generator_is_ema"]
@@ -360,7 +360,7 @@ def test_validation_holdout_best_checkpoint_and_ema(tmp_path: Path, tiny_cfg) ->
     assert summary["best"]["iteration"] == best_it
     load_generator(out / "checkpoint.pt")
     assert ("it_000003.png", "validation") in tracker.artifacts and ("it_000006.png", "validation") in tracker.artifacts
-    assert [s for m, s in tracker.metrics if "val_mae" in m] == [3, 6]
+    assert [s for m, s in tracker.metrics if "val_norm_mae" in m] == [3, 6]
     # the saved generator is the EMA: recomputing the validation MAE with it reproduces the logged value
     g, _ = load_generator(out / "last.pt")
     from vce.training.data import holdout_patients
@@ -369,7 +369,7 @@ def test_validation_holdout_best_checkpoint_and_ema(tmp_path: Path, tiny_cfg) ->
     vx, vy = SliceDataset(norm, "train", ("T1", "T2"), rows=val_rows).batch(np.arange(len(val_rows)))
     with torch.no_grad():
         mae = (g(vx) - vy).abs().mean(dim=(1, 2, 3)).mean().item()
-    assert mae == pytest.approx(float(vrows[-1]["val_mae"]), rel=1e-4)
+    assert mae == pytest.approx(float(vrows[-1]["val_norm_mae"]), rel=1e-4)
 
 
 def test_holdout_needs_index_and_keep_best_needs_validation(tmp_path: Path) -> None:
@@ -424,8 +424,8 @@ def test_gan_health_detector() -> None:
     # fewer rows than the window: no verdict
     assert gan_health([0.0] * 5, [], window=10, d_collapse_loss=0.02, patience=3) == {}
     stalled = [0.30, 0.20, 0.15, 0.16, 0.15, 0.17]  # best 0.15 at the 3rd, never beaten in the last 3
-    found = gan_health(healthy_d, stalled, window=10, d_collapse_loss=0.02, patience=3, g_name="val_mae")
-    assert set(found) == {"g_stalled"} and "val_mae" in found["g_stalled"]
+    found = gan_health(healthy_d, stalled, window=10, d_collapse_loss=0.02, patience=3, g_name="val_norm_mae")
+    assert set(found) == {"g_stalled"} and "val_norm_mae" in found["g_stalled"]
     assert "g_stalled" not in gan_health(healthy_d, stalled + [0.149], window=10, d_collapse_loss=0.02, patience=3)
     assert gan_health(healthy_d, stalled[:3], window=10, d_collapse_loss=0.02, patience=3) == {}  # too short
 

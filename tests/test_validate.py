@@ -110,3 +110,31 @@ def test_cohort_too_small(tmp_path, tiny_cohort, capsys):
     rc = main(["validate", "--raw", str(raw), "--report", str(tmp_path / "r.json"), "--profile", "tiny"])
     r = json.loads((tmp_path / "r.json").read_text())
     assert rc == 1 and [i["check"] for i in r["cohort"]] == ["cohort_too_small"] and "too small" in capsys.readouterr().out
+
+
+def test_optional_synthetic_files(tmp_path, tiny_cohort):
+    """T1C_clean must be on the T1C grid and wm_mask on the T2 grid (error naming the file); absent is fine."""
+    from vce.prep.validate import validate_cohort
+
+    raw = tmp_path / "raw"
+    pids = sorted(p.name for p in tiny_cohort.iterdir() if p.is_dir())[:4]
+    for pid in pids:
+        shutil.copytree(tiny_cohort / pid, raw / pid)
+    absent, clean_off, wm_off, shifted = (raw / pid for pid in pids)
+    (absent / "T1C_clean.nii.gz").unlink()
+    (absent / "wm_mask.nii.gz").unlink()
+    _rewrite(clean_off / "T1C_clean.nii.gz", lambda a: a[:, :-2, :])  # another size
+    _rewrite(wm_off / "wm_mask.nii.gz", lambda a: a[:, :, 1:])
+    img = sitk.ReadImage(str(shifted / "T1C_clean.nii.gz"))
+    img.SetOrigin([o + 5.0 for o in img.GetOrigin()])  # same size, moved by 5 mm
+    sitk.WriteImage(img, str(shifted / "T1C_clean.nii.gz"))
+
+    r = validate_cohort(raw)
+    issues = {pid: [(i["check"], i["file"], i["message"]) for i in v["issues"] if i["severity"] == "error"] for pid, v in r["patients"].items()}
+    assert issues[absent.name] == [] and r["patients"][absent.name]["status"] == "ok"
+    (check, file, msg), = issues[clean_off.name]
+    assert check == "clean_grid" and file == str(clean_off / "T1C_clean.nii.gz") and "T1C_clean.nii.gz" in msg and "T1C grid" in msg
+    (check, file, msg), = issues[wm_off.name]
+    assert check == "wm_grid" and file == str(wm_off / "wm_mask.nii.gz") and "wm_mask.nii.gz" in msg and "T2 grid" in msg
+    assert [c for c, _, _ in issues[shifted.name]] == ["clean_grid"]
+    assert r["n_usable"] == 1

@@ -113,8 +113,16 @@ def _result_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-tracking", action="store_true")
     _common(p)
 
-    p = sub.add_parser("compare", help="the paper's tables (Table 1, Table 2, three ablations)")
+    p = sub.add_parser("reference", help="the reference rows: oracle (resampling ceiling) and learnability regressor")
+    p.add_argument("--registered", default=str(OUT / "registered"))
+    p.add_argument("--split", default=str(OUT / "split"))
+    p.add_argument("--normalized", default=str(OUT / "normalized"))
+    p.add_argument("--out", default=str(OUT / "reference"))
+    _common(p)
+
+    p = sub.add_parser("compare", help="the paper's tables, the evaluation protocol, verdicts, metrics.json, report.html")
     p.add_argument("--eval", nargs="+", default=None, help="evaluation directories (default: outputs/eval/*)")
+    p.add_argument("--reference", default=str(OUT / "reference"), help="output of `vce reference`")
     p.add_argument("--out", default=str(OUT / "report"))
     _common(p)
 
@@ -239,7 +247,18 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
 
     out = args.out or str(OUT / "eval" / Path(args.model).name)
     t = steps.evaluate(args.model, args.registered, args.split, args.normalized, out, cfg, track=not args.no_tracking)
-    print(t.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    shown = [c for c in ("patient", "mae", "mae_body", "mae_tumour", "ssim_body", "mae_body_cal", "enh_ratio_ring",
+                         "gt_enh_ratio_ring", "enh_dice") if c in t.columns]
+    print(t[shown].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    print(f"all metrics: {Path(out) / 'metrics_patients.csv'} (docs/metrics.md)")
+    return 0
+
+
+def _reference(args: argparse.Namespace, cfg: Config) -> int:
+    from . import steps
+
+    out = steps.reference(args.registered, args.split, args.normalized, args.out, cfg)
+    print(f"wrote {out}")
     return 0
 
 
@@ -250,7 +269,7 @@ def _compare(args: argparse.Namespace, cfg: Config) -> int:
     dirs = args.eval or sorted(str(p.parent) for p in (OUT / "eval").glob("*/variant.json"))
     if not dirs:
         raise VCEInputError(f"{OUT / 'eval'}: no evaluation directories (run `vce evaluate` first)")
-    tables = steps.compare(dirs, args.out, cfg)
+    tables = steps.compare(dirs, args.out, cfg, reference=args.reference)
     print(format_console(tables))
     print(f"\nreport: {Path(args.out) / 'summary.md'}")
     return 0
@@ -276,7 +295,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "synth": _synth, "import": _import, "validate": _validate, "register": _register, "split": _split,
-    "normalize": _normalize, "train": _train, "evaluate": _evaluate, "compare": _compare, "predict": _predict,
+    "normalize": _normalize, "train": _train, "evaluate": _evaluate, "reference": _reference, "compare": _compare, "predict": _predict,
     "run": _run,
 }
 

@@ -229,6 +229,10 @@ class SplitConfig(Checked):
     min_body_fraction: float = 0.05
     folds: int = 0  # 0 = hold-out by test_ratio; k >= 2 = k-fold, test = fold `fold`
     fold: int = 0
+    max_fov_missing: float = 0.01  # leave out slices where any modality is zero-filled on more than this body fraction
+
+    def problems(self) -> Iterator[Problem]:
+        yield from _within(self, "max_fov_missing", 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -279,9 +283,18 @@ class EvaluateConfig(Checked):
     section = "evaluate"
 
     data_range: float = 4095.0
+    ring_px: int = 3  # width (pixels, in-plane) of the ring around the tumour for enh_ratio_ring
+    enh_threshold: float = 1.3  # enhancing region: intensity >= this x the image's reference level (normal WM, else ring)
+    edge_quantile: float = 0.9  # gradient-direction agreement at clean-GT body pixels above this gradient quantile
+    equivalence_margin: float = 0.1  # TOST margin for "similar accuracy": +- this fraction of the baseline's mean
+    bootstrap: int = 2000  # bootstrap resamples for the 95 % CIs (patients resampled, paired)
+    ci_level: float = 0.95
 
     def problems(self) -> Iterator[Problem]:
-        yield from _at_least(self, ("data_range",), 0, strict=True)
+        yield from _at_least(self, ("data_range", "enh_threshold", "equivalence_margin"), 0, strict=True)
+        yield from _at_least(self, ("ring_px", "bootstrap"), 1)
+        yield from _within(self, "edge_quantile", 0.0, 0.999)
+        yield from _within(self, "ci_level", 0.5, 0.999)
 
 
 @dataclass(frozen=True)
@@ -306,6 +319,7 @@ class Variant(Checked):
     lambda_l1: float = 0.0
     normalization: str = "sigmoid"
     modalities: tuple[str, ...] = ("T1", "T2")
+    seed_offset: int = 0  # training seed = profile seed + this (a seed replicate of another variant)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -324,6 +338,7 @@ class Variant(Checked):
             yield "modalities", f"must be a non-empty subset of {MODALITIES} (got {list(mods)!r})"
         weights = ("lambda_pg", "lambda_gan", "lambda_l1")
         yield from _at_least(self, weights, 0)
+        yield from _at_least(self, ("seed_offset",), 0)
         if all(getattr(self, w) == 0 for w in weights):
             yield "", "all generator loss weights are 0, nothing to train"
 

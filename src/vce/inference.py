@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .io.errors import VCEInputError
 from .prep.normalization import forward, inverse, patient_stats
-from .prep.slicing import SliceGeometry, body_mask, content_slices, from_square, to_square
+from .prep.slicing import SliceGeometry, body_mask, from_square, kept_slices, to_square
 
 
 @torch.no_grad()
@@ -27,11 +28,23 @@ def run_generator(generator: torch.nn.Module, inputs: np.ndarray, batch_size: in
 
 
 def input_statistics(
-    volumes: dict[str, np.ndarray], image_size: int, min_body_fraction: float
+    volumes: dict[str, np.ndarray], image_size: int, min_body_fraction: float, max_fov_missing: float = 0.01
 ) -> dict[str, dict[str, float]]:
-    """Per-modality (mu, sd) exactly as ``split`` + ``normalize`` compute them for a stored patient."""
+    """Per-modality (mu, sd) exactly as ``split`` + ``normalize`` compute them for a stored patient.
+
+    ``volumes``: modality -> (z, y, x) array in scanner units on the T2 grid (``"T2"`` required).
+    Over the body pixels of the slices of :func:`kept_slices` with the modalities given (a new
+    patient has T1 and T2 only; ``max_fov_missing`` defaults to ``split.max_fov_missing``'s default).
+    Raises :class:`VCEInputError` when no slice is left.
+    """
     geom = SliceGeometry.for_shape(volumes["T2"].shape[1:], image_size)
-    z = content_slices(volumes["T2"], min_body_fraction)
+    z, n_fov = kept_slices(volumes, min_body_fraction, max_fov_missing)
+    if len(z) == 0:
+        raise VCEInputError(
+            f"no slice with T2 body content (>= {min_body_fraction:g} of the slice)"
+            + (f" covered by the field of view of {', '.join(sorted(volumes))} ({n_fov} slice(s) zero-filled beyond "
+               f"{max_fov_missing:g} of the body)" if n_fov else "")
+        )
     body = to_square(body_mask(volumes["T2"])[z].astype(np.float32), geom, order=0) > 0.5
     stats = {}
     for m, vol in volumes.items():

@@ -63,7 +63,7 @@ def predict_patient(
     tx = register_image(t2, t1, _register_config(md.get("register")))
     vols["T1"] = sitk.GetArrayFromImage(sitk.Resample(t1, t2, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
     size = int(md["image_size"])
-    stats = input_statistics(vols, size, float(md["min_body_fraction"]))
+    stats = input_statistics(vols, size, float(md["min_body_fraction"]), float(md.get("max_fov_missing", 0.01)))
     t1c_stats = apply_calibration(md["calibration"], stats)
     pred = synthesize_t1c(generator, variant, vols, stats, t1c_stats, size, batch_size=batch_size)
     img = sitk.GetImageFromArray(to_uint12(pred))

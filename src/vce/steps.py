@@ -107,6 +107,7 @@ def train(
     metadata = {
         "image_size": cfg.split.image_size,
         "min_body_fraction": cfg.split.min_body_fraction,
+        "max_fov_missing": cfg.split.max_fov_missing,
         "calibration": params.get("calibration"),
         "register": dataclasses.asdict(cfg.register),
         "profile": cfg.profile,
@@ -116,7 +117,7 @@ def train(
     if tracker:
         tracker.set_tags({"vce.variant": v.name, "vce.profile": cfg.profile, "vce.model": v.model})
     try:
-        path = train_variant(normalized / v.normalization, out, v, cfg.train, cfg.seed, tracker=tracker, metadata=metadata,
+        path = train_variant(normalized / v.normalization, out, v, cfg.train, cfg.seed + v.seed_offset, tracker=tracker, metadata=metadata,
                              resume=resume, state_dir=state_dir, device=device)
     except BaseException:
         if tracker:
@@ -160,12 +161,21 @@ def evaluate(
     return evaluate_variant(model_dir, registered, split_dir, normalized, out, cfg.evaluate, tracker=tracker)
 
 
+def reference(registered: str | Path, split_dir: str | Path, normalized: str | Path, out: str | Path,
+              cfg: Config) -> Path:
+    """The reference rows of every table: the oracle and the learnability regressor (``vce reference``)."""
+    from .evaluation import evaluate_references
+
+    return evaluate_references(registered, split_dir, normalized, out, cfg.evaluate, seed=cfg.seed)
+
+
 def compare(
     eval_dirs: list[str | Path], out: str | Path, cfg: Config, tracking_uri: str | None = None,
-    parent_run_id: str | None = None,
+    parent_run_id: str | None = None, reference: str | Path | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Build the paper's tables from evaluation directories (each holds ``variant.json``)."""
-    from .reporting.tables import compare as build
+    """The report from evaluation directories (each holds ``variant.json``) and the reference rows:
+    tables, ``metrics.json``, verdicts, figures, ``report.html``; logged to the study's parent run."""
+    from .reporting.study import build_report
 
     dirs: dict[str, Path] = {}
     variants = []
@@ -174,17 +184,15 @@ def compare(
         v = Variant.from_json((d / "variant.json").read_text())
         dirs[v.name] = d
         variants.append(v)
-    tables = build(dirs, variants, out, main=cfg.study.main_variant)
+    report = build_report(dirs, variants, out, cfg, reference=Path(reference) if reference else None)
     if parent_run_id and tracking_uri:
         tr = MlflowTracker(tracking_uri, parent_run_id)
-        for name in dirs:
-            summary = json.loads((dirs[name] / "summary.json").read_text())["mean_over_patients"]
-            tr.log_metrics({f"{name}.{k}": v for k, v in summary.items()})
+        tr.log_metrics(report.parent_metrics())
         for f in sorted(Path(out).iterdir()):
             if f.is_file():
                 tr.log_artifact(f, "report")
         tr.finish()
-    return tables
+    return report.tables
 
 
 def start_study(tracking_uri: str, cfg: Config, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None) -> str:

@@ -14,8 +14,15 @@ import SimpleITK as sitk
 from .atomic import atomic_file
 from .errors import VCEInputError
 
-#: The four files of one patient in the raw and registered layouts.
-PATIENT_FILES = {"T1": "T1.nii.gz", "T2": "T2.nii.gz", "T1C": "T1C.nii.gz", "mask": "tumor_mask.nii.gz"}
+#: The files of one patient in the raw and registered layouts: T1, T2 and T1C are required
+#: (:data:`vce.io.cohort.REQUIRED`), the rest optional. ``T1C_clean`` (noise-free T1C, T1C's grid)
+#: and ``wm`` (normal-appearing white-matter mask, T2 grid) exist for synthetic patients only.
+PATIENT_FILES = {
+    "T1": "T1.nii.gz", "T2": "T2.nii.gz", "T1C": "T1C.nii.gz", "mask": "tumor_mask.nii.gz",
+    "T1C_clean": "T1C_clean.nii.gz", "wm": "wm_mask.nii.gz",
+}
+#: The optional files a synthetic cohort adds (absent from real cohorts).
+SYNTHETIC_FILES: tuple[str, ...] = ("T1C_clean", "wm")
 
 
 def read_volume(path: str | Path, *, what: str = "volume", allow_constant: bool = False) -> sitk.Image:

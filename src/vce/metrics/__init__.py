@@ -1,4 +1,6 @@
-"""Image metrics of the study: similarity (eq. 4-6) and texture (eq. 7-10). See docs/metrics.md."""
+"""Image metrics of the study: similarity (eq. 4-6) and texture (eq. 7-10) per slice; batched,
+regional and enhancement scores of a patient (:mod:`vce.metrics.batched`,
+:mod:`vce.metrics.enhancement`, :func:`score_patient`). See docs/metrics.md."""
 
 from __future__ import annotations
 
@@ -30,8 +32,30 @@ def slice_metrics(pred: ArrayLike, gt: ArrayLike, data_range: float = DATA_RANGE
     return out
 
 
+from vce.metrics import batched  # noqa: E402  (after the per-slice modules it builds on)
+from vce.metrics.enhancement import (  # noqa: E402
+    ENHANCEMENT_KEYS,
+    dice,
+    enhancement_ratio,
+    enhancing_region,
+    patient_enhancement,
+    ring,
+)
+from vce.metrics.scoring import GT_METRICS, PATIENT_METRICS, SLICE_METRICS, score_patient  # noqa: E402
+
 __all__ = [
     "DATA_RANGE",
+    "ENHANCEMENT_KEYS",
+    "GT_METRICS",
+    "PATIENT_METRICS",
+    "SLICE_METRICS",
+    "batched",
+    "dice",
+    "enhancement_ratio",
+    "enhancing_region",
+    "patient_enhancement",
+    "ring",
+    "score_patient",
     "METRIC_KEYS",
     "TEXTURE_KEYS",
     "global_ssim",

@@ -14,7 +14,9 @@ patient (not written; listed with the reason in ``qc.csv`` and ``excluded.json``
 step with an error naming the patient.
 
 Outputs, all on the T2 grid: ``<out>/<pid>/{T1,T2,T1C}.nii.gz`` (float32, scanner units),
-``tumor_mask.nii.gz`` if given, ``transform_T1.tfm`` / ``transform_T1C.tfm`` (estimated
+``tumor_mask.nii.gz`` and ``wm_mask.nii.gz`` if given (copied, uint8), ``T1C_clean.nii.gz`` if
+given (the noise-free T1C of a synthetic patient, resampled with exactly T1C's estimated
+transform; nothing is estimated from it), ``transform_T1.tfm`` / ``transform_T1C.tfm`` (estimated
 T2->modality transforms), ``transforms.json``, ``qc.json``, ``qc.png``; for the cohort
 ``<out>/qc.csv`` and ``<out>/excluded.json``.
 """
@@ -344,15 +346,53 @@ def _read_moving(patient_dir: Path, pid: str) -> dict[str, sitk.Image]:
     }
 
 
-def _read_tumour_mask(patient_dir: Path, pid: str, fixed: sitk.Image) -> sitk.Image | None:
-    """The patient's tumour mask (None when absent); it must be on the T2 grid's size."""
-    mask_path = patient_dir / PATIENT_FILES["mask"]
-    tmask = None
-    if mask_path.is_file():
-        tmask = read_volume(mask_path, what=f"tumour mask of patient {pid}", allow_constant=True)
-        if tmask.GetSize() != fixed.GetSize():
-            raise VCEInputError(f"{mask_path}: tumour mask size {tmask.GetSize()} != T2 size {fixed.GetSize()}")
-    return tmask
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Whether ``a`` and ``b`` have the same size, spacing, origin and direction (to 1e-3 mm / 1e-4)."""
+    return (
+        a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-3)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3) and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4)
+    )
+
+
+def _read_t2_masks(patient_dir: Path, pid: str, fixed: sitk.Image) -> dict[str, sitk.Image]:
+    """The patient's masks on the T2 grid, by PATIENT_FILES key: ``mask`` (tumour) and ``wm``
+    (normal-appearing white matter), each only when present; each must have the T2 grid's size."""
+    masks = {}
+    for key, what in (("mask", "tumour mask"), ("wm", "white-matter mask")):
+        path = patient_dir / PATIENT_FILES[key]
+        if not path.is_file():
+            continue
+        img = read_volume(path, what=f"{what} of patient {pid}", allow_constant=True)
+        if img.GetSize() != fixed.GetSize():
+            raise VCEInputError(f"{path}: {what} size {img.GetSize()} != T2 size {fixed.GetSize()}")
+        masks[key] = sitk.Cast(img, sitk.sitkUInt8)
+    return masks
+
+
+def _read_t1c_clean(patient_dir: Path, pid: str, t1c: sitk.Image) -> sitk.Image | None:
+    """The noise-free T1C of a synthetic patient (float32; None when absent); it must be on T1C's grid."""
+    path = patient_dir / PATIENT_FILES["T1C_clean"]
+    if not path.is_file():
+        return None
+    img = read_volume(path, what=f"noise-free T1C of patient {pid}")
+    if not _same_grid(img, t1c):
+        raise VCEInputError(
+            f"{path}: noise-free T1C grid (size {img.GetSize()}, spacing {img.GetSpacing()}) differs from the T1C's "
+            f"(size {t1c.GetSize()}, spacing {t1c.GetSpacing()})"
+        )
+    return sitk.Cast(img, sitk.sitkFloat32)
+
+
+def _carried(
+    fixed: sitk.Image, masks: dict[str, sitk.Image], t1c_clean: sitk.Image | None, t1c_tx: sitk.Transform
+) -> dict[str, sitk.Image]:
+    """The outputs that are carried, not registered, by PATIENT_FILES key: the T2-grid masks as
+    they are, and T1C_clean resampled onto ``fixed`` with T1C's estimated transform ``t1c_tx``
+    (linear, default 0, float32: exactly as the T1C itself)."""
+    out = dict(masks)
+    if t1c_clean is not None:
+        out["T1C_clean"] = sitk.Resample(t1c_clean, fixed, t1c_tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return out
 
 
 def _register_moving(
@@ -383,9 +423,11 @@ def _transform_record(mod: str, tx: sitk.Transform, cfg: RegisterConfig) -> dict
 
 def _write_registered(
     out_dir: Path, pid: str, fixed: sitk.Image,
-    results: dict[str, tuple[sitk.Transform, sitk.Image, dict[str, float]]], tmask: sitk.Image | None, cfg: RegisterConfig,
+    results: dict[str, tuple[sitk.Transform, sitk.Image, dict[str, float]]], carried: dict[str, sitk.Image],
+    cfg: RegisterConfig,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Create ``out_dir`` and write T2, the registered modalities, their transforms and the tumour mask.
+    """Create ``out_dir`` and write T2, the registered modalities, their transforms and the
+    ``carried`` images (:func:`_carried`, by PATIENT_FILES key).
 
     Returns the QC row so far (patient and per-modality fields) and the ``transforms.json`` content.
     """
@@ -398,8 +440,8 @@ def _write_registered(
         sitk.WriteTransform(tx, str(out_dir / f"transform_{mod}.tfm"))
         transforms[mod] = _transform_record(mod, tx, cfg)
         qc.update({f"{mod}_{k}": v for k, v in q.items()})
-    if tmask is not None:
-        write_volume(sitk.Cast(tmask, sitk.sitkUInt8), out_dir / PATIENT_FILES["mask"])
+    for key, img in carried.items():
+        write_volume(img, out_dir / PATIENT_FILES[key])
     return qc, transforms
 
 
@@ -439,11 +481,13 @@ def register_patient(
     mask = registration_mask(fixed) if cfg.use_mask else None
     truth = _read_truth(patient_dir)
     moving = _read_moving(patient_dir, pid)
-    tmask = _read_tumour_mask(patient_dir, pid, fixed)  # checked before the (slow) registrations
+    masks = _read_t2_masks(patient_dir, pid, fixed)  # checked before the (slow) registrations
+    t1c_clean = _read_t1c_clean(patient_dir, pid, moving["T1C"])  # carried with T1C's transform, never registered
     jobs = {m: (fixed, moving[m], mask, body, truth.get(m), cfg, seed) for m in MOVING}
     results = _register_moving(jobs, threads, cfg)
 
-    qc, transforms = _write_registered(out_dir, pid, fixed, results, tmask, cfg)
+    carried = _carried(fixed, masks, t1c_clean, results["T1C"][0])
+    qc, transforms = _write_registered(out_dir, pid, fixed, results, carried, cfg)
     if cfg.qc_png:
         _write_patient_qc_png(out_dir / "qc.png", fixed, moving, results, pid)
     reasons = qc_failures(qc, cfg)

@@ -3,14 +3,20 @@
 Layout written to ``<out>``:
 
 ```
-manifest.csv          patient, split, n_slices, sha256 (of the patient's registered T1, T2, T1C files)
-split.json            seed, ratio, fold settings, counts and split_id (sha256 of the split
-                      settings + manifest: a changed input file or fold changes it)
+manifest.csv          patient, split, n_slices, n_slices_fov_excluded, sha256 (of the patient's
+                      registered T1, T2, T1C files)
+split.json            seed, ratio, fold settings, counts (patients, slices, FOV-excluded slices per
+                      split) and split_id (sha256 of the split settings + manifest: a changed
+                      input file, fold or slice rule changes it)
 geometry.json         per patient: T2 grid (size, spacing, origin, direction), SliceGeometry, kept z
 train/  test/         T1.npy T2.npy T1C.npy (float32, scanner units), body.npy tumor.npy (uint8),
                       all (N, S, S) in the same slice order, and index.csv (patient, z)
 ```
-A patient's slices are all in one split (never both).
+A patient's slices are all in one split (never both). A patient contributes the slices of
+:func:`vce.prep.slicing.kept_slices`: enough T2 body (``split.min_body_fraction``) and that body
+covered by T1, T2 and T1C (at most ``split.max_fov_missing`` of it exactly 0 in any of them, i.e.
+outside a moving scan's field of view); ``n_slices_fov_excluded`` counts the slices the second
+condition left out.
 
 Two ways to choose the test patients (both seeded, both by patient):
 
@@ -37,12 +43,13 @@ from ..io.atomic import atomic_dir, write_json
 from ..io.cohort import list_patients
 from ..io.errors import VCEInputError
 from ..io.nifti import PATIENT_FILES, read_volume
-from .slicing import SliceGeometry, body_mask, content_slices, to_square
+from .slicing import SliceGeometry, body_mask, kept_slices, to_square
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 STORE_MODALITIES = ("T1", "T2", "T1C")
+MANIFEST_COLUMNS = ("patient", "split", "n_slices", "n_slices_fov_excluded", "sha256")
 
 
 def assign_split(pids: list[str], test_ratio: float, seed: int, folds: int = 0, fold: int = 0) -> dict[str, str]:
@@ -124,16 +131,32 @@ def grid_of(img: sitk.Image) -> dict[str, Any]:
     }
 
 
-def _kept_slices(registered_dir: Path, pids: list[str], min_body_fraction: float) -> dict[str, np.ndarray]:
-    """Pass 1: which slices each patient contributes (T2 only), so the store can be preallocated
-    as memory-mapped arrays: memory does not grow with cohort size."""
+def _kept_slices(
+    registered_dir: Path, pids: list[str], min_body_fraction: float, max_fov_missing: float
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Pass 1: which slices each patient contributes (:func:`kept_slices` over T1, T2, T1C), so the
+    store can be preallocated as memory-mapped arrays: memory does not grow with cohort size.
+
+    Returns (kept z per patient, number of slices left out by the field-of-view rule per patient).
+    """
     kept: dict[str, np.ndarray] = {}
+    fov_excluded: dict[str, int] = {}
     for pid in pids:
-        t2 = sitk.GetArrayFromImage(read_volume(registered_dir / pid / PATIENT_FILES["T2"], what=f"T2 of patient {pid}"))
-        kept[pid] = content_slices(t2, min_body_fraction)
+        vols = load_patient(registered_dir / pid)
+        kept[pid], fov_excluded[pid] = kept_slices(
+            {m: vols[m] for m in STORE_MODALITIES}, min_body_fraction, max_fov_missing
+        )
+        if fov_excluded[pid]:
+            logger.info(
+                "split: patient %s: %d slice(s) left out, body not covered by every modality's field of view "
+                "(> %.3g zero-filled); %d kept", pid, fov_excluded[pid], max_fov_missing, len(kept[pid]),
+            )
         if len(kept[pid]) == 0:
-            raise VCEInputError(f"{registered_dir / pid}: patient {pid} has no slice with body content")
-    return kept
+            raise VCEInputError(
+                f"{registered_dir / pid}: patient {pid} has no slice with body content"
+                + (f" covered by every modality's field of view ({fov_excluded[pid]} left out)" if fov_excluded[pid] else "")
+            )
+    return kept, fov_excluded
 
 
 def _open_stores(tmp: Path, n_slices: dict[str, int], S: int) -> dict[str, dict[str, np.memmap]]:
@@ -172,6 +195,7 @@ def _split_settings(cfg: SplitConfig, seed: int) -> dict[str, Any]:
         "fold": int(cfg.fold),
         "image_size": int(cfg.image_size),
         "min_body_fraction": float(cfg.min_body_fraction),
+        "max_fov_missing": float(cfg.max_fov_missing),
     }
 
 
@@ -187,6 +211,8 @@ def _split_summary(
         "image_size": cfg.image_size,
         "patients": {s: int((manifest.split == s).sum()) for s in SPLITS},
         "slices": {s: int(cursor[s]) for s in SPLITS},
+        "max_fov_missing": float(cfg.max_fov_missing),
+        "slices_fov_excluded": {s: int(manifest.loc[manifest.split == s, "n_slices_fov_excluded"].sum()) for s in SPLITS},
         "split_id": split_id,
     }
 
@@ -197,7 +223,7 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
     pids = list_patients(registered_dir)
     assignment = assign_split(pids, cfg.test_ratio, seed, cfg.folds, cfg.fold)
     S = cfg.image_size
-    kept = _kept_slices(registered_dir, pids, cfg.min_body_fraction)
+    kept, fov_excluded = _kept_slices(registered_dir, pids, cfg.min_body_fraction, cfg.max_fov_missing)
     rows, geometry = [], {}
     with atomic_dir(out_dir) as tmp:
         stores = _open_stores(tmp, {s: sum(len(kept[p]) for p in pids if assignment[p] == s) for s in SPLITS}, S)
@@ -211,13 +237,14 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
             cursor[s] += len(z)
             index[s] += [(pid, int(k)) for k in z]
             files = [registered_dir / pid / PATIENT_FILES[m] for m in STORE_MODALITIES]
-            rows.append({"patient": pid, "split": s, "n_slices": len(z), "sha256": file_hash(files)})
+            rows.append({"patient": pid, "split": s, "n_slices": len(z), "n_slices_fov_excluded": fov_excluded[pid],
+                         "sha256": file_hash(files)})
             geometry[pid] = {"grid": grid_of(vols["image"]), "slices": geom.to_dict(), "z": [int(k) for k in z]}
         for s in SPLITS:
             for arr in stores[s].values():
                 arr.flush()
             pd.DataFrame(index[s], columns=["patient", "z"]).to_csv(tmp / s / "index.csv", index=False)
-        manifest = pd.DataFrame(rows, columns=["patient", "split", "n_slices", "sha256"])
+        manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
         manifest.to_csv(tmp / "manifest.csv", index=False)
         split_id = split_identity(_split_settings(cfg, seed), (tmp / "manifest.csv").read_bytes())
         summary = _split_summary(cfg, seed, manifest, cursor, split_id)

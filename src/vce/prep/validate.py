@@ -7,7 +7,10 @@ errors (the study would refuse the cohort): ``patient_id`` (unsafe directory nam
 ``duplicate_id`` (ids equal up to case), ``missing`` modality, ``unreadable`` (not an image,
 empty), ``truncated`` (NIfTI data shorter than its header says), ``not_3d`` (e.g. 4D),
 ``not_scalar``, ``non_finite`` (NaN/Inf), ``constant`` (e.g. all zero), ``mask_shape`` (tumour
-mask not on the T2 grid), ``no_patients``, ``cohort_too_small`` (the configured split needs more).
+mask not on the T2 grid), ``clean_grid`` (the optional noise-free ``T1C_clean.nii.gz`` of a
+synthetic patient not on the T1C's grid), ``wm_grid`` (the optional white-matter mask
+``wm_mask.nii.gz`` not on the T2 grid), ``no_patients``, ``cohort_too_small`` (the configured
+split needs more). The optional files (tumour mask, T1C_clean, wm_mask) may be absent.
 
 warnings (the study runs, but look): ``negative`` values, ``tiny_fov`` (in-plane field of view
 below ``min_fov_mm``), ``fov_mismatch`` (physical extent of T1/T1C differs from T2 by more than
@@ -122,14 +125,21 @@ def _check_modality_content(
     return True
 
 
+#: Optional files of a patient (may be absent) and how issues name them.
+OPTIONAL = {"mask": "tumour mask", "T1C_clean": "noise-free T1C", "wm": "white-matter mask"}
+
+
 def _read_volumes(pdir: Path, pid: str, min_fov_mm: float, issues: list[Issue]) -> dict[str, sitk.Image]:
-    """Read and check each modality and the tumour mask; the usable images by modality (``mask`` included)."""
+    """Read and check each modality and the optional files; the usable images by PATIENT_FILES key.
+
+    The noise-free T1C and the white-matter mask are only checked for readability here (their
+    grids in :func:`_check_optional_grids`)."""
     imgs: dict[str, sitk.Image] = {}
-    for mod in (*REQUIRED, "mask"):
+    for mod in (*REQUIRED, *OPTIONAL):
         path = pdir / PATIENT_FILES[mod]
-        what = "tumour mask" if mod == "mask" else mod
+        what = OPTIONAL.get(mod, mod)
         if not path.exists():
-            if mod != "mask":
+            if mod not in OPTIONAL:
                 issues.append(Issue(pid, str(path), "error", "missing", f"{what} file {path.name} is missing"))
             continue
         img = _read(path, pid, what, issues)
@@ -139,10 +149,26 @@ def _read_volumes(pdir: Path, pid: str, min_fov_mm: float, issues: list[Issue]) 
         lo, hi = float(arr.min()), float(arr.max())
         if mod == "mask":
             _check_mask_content(pid, path, arr, hi, issues)
-        elif not _check_modality_content(pid, path, what, img, lo, hi, min_fov_mm, issues):
+        elif mod not in OPTIONAL and not _check_modality_content(pid, path, what, img, lo, hi, min_fov_mm, issues):
             continue
         imgs[mod] = img
     return imgs
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Same size, spacing (1e-3 mm), origin (1e-2 mm) and direction (1e-4)."""
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-3)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-2) and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
+
+
+def _check_optional_grids(pdir: Path, pid: str, imgs: dict[str, sitk.Image], issues: list[Issue]) -> None:
+    """Errors ``clean_grid`` (T1C_clean not on the T1C's grid) and ``wm_grid`` (wm_mask not on the T2 grid)."""
+    for key, ref_key, check in (("T1C_clean", "T1C", "clean_grid"), ("wm", "T2", "wm_grid")):
+        if key in imgs and ref_key in imgs and not _same_grid(imgs[key], imgs[ref_key]):
+            a, b = imgs[key], imgs[ref_key]
+            issues.append(Issue(pid, str(pdir / PATIENT_FILES[key]), "error", check,
+                                f"{PATIENT_FILES[key]} grid (size {a.GetSize()}, spacing {np.round(a.GetSpacing(), 3).tolist()}) "
+                                f"is not the {ref_key} grid (size {b.GetSize()}, spacing {np.round(b.GetSpacing(), 3).tolist()})"))
 
 
 def _check_against_t2(pdir: Path, pid: str, imgs: dict[str, sitk.Image], fov_tolerance: float, issues: list[Issue]) -> None:
@@ -190,6 +216,7 @@ def validate_patient(
         issues.append(Issue(pid, str(pdir), "error", "patient_id", str(exc)))
     imgs = _read_volumes(pdir, pid, min_fov_mm, issues)
     _check_against_t2(pdir, pid, imgs, fov_tolerance, issues)
+    _check_optional_grids(pdir, pid, imgs, issues)
     _check_unexpected_files(pdir, pid, issues)
     return issues, not any(i.severity == "error" for i in issues)
 

@@ -50,7 +50,7 @@ class MainVsBaseline:
 
     name: str
     metrics: tuple[tuple[str, str], ...]
-    columns: tuple[tuple[str, Literal["main", "baseline"], str], ...]
+    columns: tuple[tuple[str, Literal["main", "baseline", "oracle", "learnability"], str], ...]
     title: str
     description: str
 
@@ -60,31 +60,42 @@ class MainVsBaseline:
         for key, label in self.metrics:
             row: dict[str, Any] = {}
             for col, who, source in self.columns:
-                add_mean_sd(row, col, data[who][source.format(key)])
+                if who in data:  # the reference columns only when the reference rows were computed
+                    add_mean_sd(row, col, data[who][source.format(key)])
             add_paired_tests(row, data["main"], data["baseline"], key)
             rows[label] = row
-        variants = {col: names[who] for col, who, _ in self.columns}
+        variants = {col: names[who] for col, who, _ in self.columns if who in names}
         return frame(rows, "metric", title=self.title, description=self.description, variants=variants)
 
+
+ORACLE_LABEL = "Oracle (ceiling)"
+LEARNABILITY_LABEL = "Learnability (reference)"
 
 ACCURACY_TABLE = MainVsBaseline(
     TABLE1,
     ACCURACY,
-    ((MAIN_LABEL, "main", "{}"), (BASELINE_LABEL, "baseline", "{}")),
+    ((MAIN_LABEL, "main", "{}"), (BASELINE_LABEL, "baseline", "{}"), (ORACLE_LABEL, "oracle", "{}"),
+     (LEARNABILITY_LABEL, "learnability", "{}")),
     title="Table 1 - accuracy: PGMGVCE vs Li et al. MMgSN-Net",
     description=(
-        "MAE, MSE (scanner units) and SSIM between synthetic and real T1C; mean ± sd over test "
-        "patients; paired p-values (Wilcoxon signed-rank, paired t-test) over the n common patients."
+        "MAE, MSE (scanner units) and SSIM between synthetic and real T1C over the whole slice, as in the paper "
+        "(paper inversion: ground-truth T1C statistics); mean ± sd over test patients; paired p-values "
+        "(Wilcoxon signed-rank, paired t-test) of PGMGVCE vs Li et al. over the n common patients. Oracle = the "
+        "truth through the prediction's resampling (the ceiling); learnability = a voxelwise regressor on T1/T2 "
+        "(a reference, not the paper's)."
     ),
 )
 TEXTURE_TABLE = MainVsBaseline(
     TABLE2,
     TEXTURE,
-    ((GT_LABEL, "main", "gt_{}"), (BASELINE_LABEL, "baseline", "{}"), (MAIN_LABEL, "main", "{}")),
+    ((GT_LABEL, "main", "gt_{}"), (BASELINE_LABEL, "baseline", "{}"), (MAIN_LABEL, "main", "{}"),
+     (ORACLE_LABEL, "oracle", "{}"), (LEARNABILITY_LABEL, "learnability", "{}")),
     title="Table 2 - texture: ground truth vs Li et al. MMgSN-Net vs PGMGVCE",
     description=(
-        "Texture indices of eq. 7-10 (smaller = smoother); ground truth from the main variant's "
-        "test slices; p-values pair PGMGVCE with Li et al. over the n common patients."
+        "Texture indices of eq. 7-10 as printed, over the whole slice (smaller = smoother); ground truth from "
+        "the main variant's test slices; p-values pair PGMGVCE with Li et al. over the n common patients. The "
+        "oracle column is the truth through the prediction's resampling: equal to the ground truth when the "
+        "model grid is the acquisition grid."
     ),
 )
 
@@ -111,7 +122,8 @@ def _overview(
 
 
 def build_tables(
-    eval_dirs: Mapping[str, str | Path], variants: Sequence[Variant | dict[str, Any] | str], *, main: str
+    eval_dirs: Mapping[str, str | Path], variants: Sequence[Variant | dict[str, Any] | str], *, main: str,
+    references: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Build the study's tables from per-variant evaluation directories; returns ``{name: table}`` in report order.
 
@@ -119,7 +131,8 @@ def build_tables(
     ``metrics_slices.csv``; ``main`` names the main variant. Only variants present in both
     ``eval_dirs`` and ``variants`` are used; the tables are those of
     :func:`~vce.reporting.paper.table_order` that they support. Raises
-    :class:`~vce.io.errors.VCEInputError` naming a missing or unreadable file.
+    :class:`~vce.io.errors.VCEInputError` naming a missing or unreadable file. ``references``
+    (``"oracle"``, ``"learnability"`` -> per-patient metrics) add their columns to Tables 1-2.
     """
     variants = [Variant.from_any(v) for v in variants]
     extra = sorted(set(eval_dirs) - {v.name for v in variants})
@@ -137,8 +150,9 @@ def build_tables(
     tables: dict[str, pd.DataFrame] = {}
     if roles.baseline is not None:
         pair = {"main": main, "baseline": roles.baseline}
+        refs = dict(references or {})
         for spec in (ACCURACY_TABLE, TEXTURE_TABLE):
-            tables[spec.name] = spec.build({who: data[n] for who, n in pair.items()}, pair)
+            tables[spec.name] = spec.build({**{who: data[n] for who, n in pair.items()}, **refs}, {**pair, **{r: r for r in refs}})
     else:
         log.info("no mmgsn baseline evaluated: Tables 1 and 2 are left out")
     for ablation in ablations.ABLATIONS:

@@ -10,6 +10,11 @@ B-spline, see motion.py) of the scan (T2: none) resampled by SimpleITK onto the 
 thickness), lesions and vessels evaluated analytically at the same patient-space points, signal
 equation per compartment mixed by volume fraction, slice-profile average, bias field, Rician
 noise, 12-bit gain.
+
+Besides the scans, each patient gets ``T1C_clean`` (the T1C through the same bias, gain and 12-bit
+rounding but without noise; it draws no random numbers, so the other outputs do not depend on it)
+and ``wm`` (normal-appearing white matter on the T2 grid, :func:`_wm_mask`): the evaluation's
+noise-free truth and reference region (docs/synthetic_cohort.md).
 """
 
 from __future__ import annotations
@@ -47,6 +52,13 @@ COMPARTMENTS: tuple[str, ...] = LABELS[1:]
 TEXTURE_AMPLITUDE = 0.03
 BIAS_AMPLITUDE = 0.06
 MONTAGE_ROWS = 4
+#: Normal-appearing white matter (wm_mask.nii.gz): WM voxel fraction at least this ...
+WM_MIN_FRACTION = 0.9
+#: ... and farther than this many voxels (in-plane) from the lesion,
+WM_LESION_MARGIN_PX = 2
+#: the lesion being every voxel whose summed fraction of these compartments exceeds LESION_MIN_FRACTION.
+LESION_COMPARTMENTS: tuple[str, ...] = ("rim", "necrosis", "oedema")
+LESION_MIN_FRACTION = 0.01
 
 
 def scan_snr(cfg: SynthConfig, scan: str) -> float:
@@ -117,7 +129,7 @@ def _block_mean(a: np.ndarray, shape_zyx, nsub) -> np.ndarray:
 @dataclass
 class PatientResult:
     pid: str
-    images: dict[str, sitk.Image]  # "T1", "T2", "T1C" (int16, 0-4095), "mask" (uint8)
+    images: dict[str, sitk.Image]  # "T1", "T2", "T1C", "T1C_clean" (int16, 0-4095), "mask", "wm" (uint8)
     motion: dict[str, dict[str, Any]]
     summary: dict[str, Any]
     maps: dict[str, np.ndarray] | None = None  # per scan: dominant-compartment label (z, y, x)
@@ -326,13 +338,22 @@ def _on_grid(arr: np.ndarray, ref: sitk.Image) -> sitk.Image:
     return img
 
 
+class Acquired(NamedTuple):
+    """One scan as the scanner writes it, and the same scan without noise."""
+
+    image: sitk.Image  # int16 0-4095 on the grid: bias x Rician noise x gain, 12-bit rounded
+    clean: sitk.Image  # int16 0-4095: the same bias, gain and rounding, no noise
+    info: dict[str, Any]  # the scan's cohort.json scanner entry
+
+
 def _acquire(
     rng: np.random.Generator, clean: np.ndarray, seq: Sequence, tissues: PatientTissues, snr: float, ref: sitk.Image
-) -> tuple[sitk.Image, dict[str, Any]]:
+) -> Acquired:
     """Scanner: receive bias, Rician noise (``snr`` relative to white matter), 12-bit gain.
 
-    ``clean`` is the noise-free scan (z, y, x). Returns (int16 image 0-4095 on ``ref``, its
-    cohort.json scanner entry). Draws bias, noise, then gain from ``rng``.
+    ``clean`` is the noise-free scan (z, y, x). Returns the noisy and the noise-free image (int16
+    0-4095 on ``ref``) and the cohort.json scanner entry. Draws bias, noise, then gain from ``rng``
+    (the noise-free image draws nothing: the stream is the same with or without it).
     """
     bias = bias_field(rng, clean.shape, BIAS_AMPLITUDE)
     clean = clean * bias
@@ -345,8 +366,26 @@ def _acquire(
     target = float(rng.uniform(0.78, 0.9)) * 4095.0
     gain = target / max(p995, 1e-12)
     img = _on_grid(to_uint12(noisy * gain), ref)
+    noise_free = _on_grid(to_uint12(clean * gain), ref)
     info = {"gain": round(gain, 3), "snr_wm": snr, "noise_sigma": round(sigma * gain, 3), "sequence": seq.to_dict()}
-    return img, info
+    return Acquired(img, noise_free, info)
+
+
+def _wm_mask(avg: np.ndarray, min_wm: float = WM_MIN_FRACTION, margin_px: int = WM_LESION_MARGIN_PX) -> np.ndarray:
+    """Normal-appearing white matter (z, y, x) uint8 from the voxel fractions ``avg`` (K, z, y, x).
+
+    Voxels with a white-matter fraction >= ``min_wm`` outside the lesion (any rim, necrosis or
+    oedema fraction above :data:`LESION_MIN_FRACTION`) dilated by a disc of ``margin_px`` voxels
+    in-plane (slice by slice).
+    """
+    from scipy.ndimage import binary_dilation
+
+    lesion = sum(avg[COMPARTMENTS.index(k)] for k in LESION_COMPARTMENTS) > LESION_MIN_FRACTION
+    r = int(margin_px)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disc = (yy**2 + xx**2 <= r * r)[None]
+    near = binary_dilation(lesion, structure=disc) if r > 0 else lesion
+    return ((avg[COMPARTMENTS.index("wm")] >= min_wm) & ~near).astype(np.uint8)
 
 
 def _simulate_scans(
@@ -354,8 +393,9 @@ def _simulate_scans(
 ) -> tuple[dict[str, sitk.Image], dict[str, np.ndarray], dict[str, dict[str, Any]], np.ndarray]:
     """Acquire the scans in SCANS order on the grid ``ref``, the scanner draws from ``rng``.
 
-    Returns (images by scan, label maps by scan (empty unless ``return_maps``), scanner entries by
-    scan, tumour mask (z, y, x) uint8 from the T2 scan).
+    Returns (images by scan plus ``T1C_clean`` (the T1C without noise) and ``wm`` (normal-appearing
+    white matter, uint8, T2 grid), label maps by scan (empty unless ``return_maps``), scanner
+    entries by scan, tumour mask (z, y, x) uint8 from the T2 scan).
     """
     nsub = subsampling(cfg.spacing_mm)
     fine, pts = _fine_grid(ref, nsub)
@@ -374,9 +414,13 @@ def _simulate_scans(
             avg = _voxel_fractions(frac, shape, nsub)
             if scan == "T2":
                 mask = _tumour_mask(avg)
+                images["wm"] = _on_grid(_wm_mask(avg), ref)
             if return_maps:
                 maps[scan] = _label_map(avg)
-        images[scan], scanner[scan] = _acquire(rng, clean, seq, patient.tissues, float(scan_snr(cfg, scan)), ref)
+        acq = _acquire(rng, clean, seq, patient.tissues, float(scan_snr(cfg, scan)), ref)
+        images[scan], scanner[scan] = acq.image, acq.info
+        if scan == "T1C":
+            images["T1C_clean"] = acq.clean
     return images, maps, scanner, mask
 
 
@@ -481,7 +525,7 @@ def write_montage(path: str | Path, rows: list[tuple[str, dict[str, np.ndarray]]
 
 
 def synthesize_cohort(out_dir: str | Path, cfg: SynthConfig, seed: int, workers: int = 1) -> list[str]:
-    """Write out_dir/<pid>/{T1,T2,T1C,tumor_mask}.nii.gz + motion.json for cfg.n_patients patients,
+    """Write out_dir/<pid>/{T1,T2,T1C,T1C_clean,tumor_mask,wm_mask}.nii.gz + motion.json for cfg.n_patients patients,
     plus out_dir/cohort.json and out_dir/montage.png. Returns the patient ids (P001, P002, ...).
     Written atomically (vce.io.atomic.atomic_dir on out_dir): complete or absent."""
     validate(cfg, seed, workers)

@@ -35,7 +35,7 @@ __all__ = ["VAL_COLUMNS", "gan_health", "validate_generator", "Monitor"]
 
 log = logging.getLogger(__name__)
 
-VAL_COLUMNS = ("val_mae", "val_ssim", "val_pg")
+VAL_COLUMNS = ("val_norm_mae", "val_norm_ssim", "val_norm_pg")
 
 
 def gan_health(
@@ -45,7 +45,7 @@ def gan_health(
     window: int,
     d_collapse_loss: float,
     patience: int,
-    g_name: str = "val_mae",
+    g_name: str = "val_norm_mae",
 ) -> dict[str, str]:
     """Detect an unhealthy GAN from its history; returns ``{problem: message}`` (empty = healthy).
 
@@ -91,7 +91,7 @@ def validate_generator(G: nn.Module, data: SliceDataset, device: torch.device, e
                 maes.append(float(np.mean(np.abs(p.astype(np.float64) - t))))
                 ssims.append(ssim(p, t, data_range=data_range))
     G.train(was_training)
-    return {"val_mae": float(np.mean(maes)), "val_ssim": float(np.mean(ssims)), "val_pg": pg_sum / n}
+    return {"val_norm_mae": float(np.mean(maes)), "val_norm_ssim": float(np.mean(ssims)), "val_norm_pg": pg_sum / n}
 
 
 class Monitor:
@@ -117,12 +117,12 @@ class Monitor:
         row = {"iteration": iteration} | validate_generator(G, self.val_data, self.device, self.cfg.pg_eps, self.val_range)
         run.val_rows.append(row)
         log.info("%s it %d validation: MAE %.4f SSIM %.4f pg %.4f", self.variant.name, iteration,
-                 row["val_mae"], row["val_ssim"], row["val_pg"])  # fmt: skip
+                 row["val_norm_mae"], row["val_norm_ssim"], row["val_norm_pg"])  # fmt: skip
         png = self.png_dir / f"it_{iteration:06d}.png"
         png.parent.mkdir(parents=True, exist_ok=True)
         write_montage(png, G, self.val_data, self.device, f"{self.variant.name} validation, it {iteration}")
-        if row["val_mae"] < run.best["val_mae"]:
-            run.best = {"iteration": iteration, "val_mae": row["val_mae"], "generator": cpu_state(G),
+        if row["val_norm_mae"] < run.best["val_norm_mae"]:
+            run.best = {"iteration": iteration, "val_norm_mae": row["val_norm_mae"], "generator": cpu_state(G),
                         "discriminator": cpu_state(D)}  # fmt: skip
         if self.tracker is not None:
             self.tracker.log_metrics({k: float(row[k]) for k in VAL_COLUMNS}, step=iteration)
@@ -142,7 +142,7 @@ class Monitor:
     def _g_series(self, loss_rows: list[dict[str, float]], run: RunState) -> tuple[str, list[float]]:
         """The generator's monitored value: validation MAE, else its main training loss."""
         if run.val_rows:
-            return "val_mae", [r["val_mae"] for r in run.val_rows]
+            return "val_norm_mae", [r["val_norm_mae"] for r in run.val_rows]
         v = self.variant
         g_name = "loss_pg" if v.lambda_pg > 0 else ("loss_l1" if v.lambda_l1 > 0 else "loss_gan")
         return g_name, [r[g_name] for r in loss_rows]

@@ -41,7 +41,7 @@ def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _no_best() -> dict[str, Any]:
-    return {"iteration": 0, "val_mae": math.inf, "generator": None, "discriminator": None}
+    return {"iteration": 0, "val_norm_mae": math.inf, "generator": None, "discriminator": None}
 
 
 @dataclass

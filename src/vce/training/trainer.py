@@ -315,7 +315,7 @@ class GanTrainer:
             "this_process_iterations": cfg.iterations - (run.resumed_from or 0), "params": self.n_params(),
             "final_losses": {k: self.losses.rows[-1][k] for k in LOSS_COLUMNS},
             "final_validation": {k: run.val_rows[-1][k] for k in VAL_COLUMNS} if run.val_rows else None,
-            "best": {"iteration": run.best["iteration"], "val_mae": run.best["val_mae"]} if run.val_rows else None,
+            "best": {"iteration": run.best["iteration"], "val_norm_mae": run.best["val_norm_mae"]} if run.val_rows else None,
             "keep": cfg.keep, "health_warnings": run.warned, "generator_sha256_per_rank": hashes,
             "torch_version": torch.__version__,
         }  # fmt: skip
