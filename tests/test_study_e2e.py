@@ -28,10 +28,33 @@ def test_report_tables(study):
         assert (report / f"{name}.csv").is_file() and (report / f"{name}.md").is_file(), name
     t1 = pd.read_csv(report / "table1_accuracy.csv")
     assert len(t1) == 3
-    assert "summary.md" in {p.name for p in report.iterdir()}
+    files = {p.name for p in report.iterdir()}
+    assert {"summary.md", "metrics.json", "report.html", "cases.png", "boxplots.png", "psd_ratio.png"} <= files
 
 
-def test_mlflow_parent_with_eight_children(study):
+def test_metrics_json_and_the_oracle_ceiling(study, tiny_cfg):
+    import json
+
+    doc = json.loads((study["report"] / "metrics.json").read_text())
+    assert set(doc["variants"]) == {v.name for v in tiny_cfg.variants}
+    main = doc["variants"][tiny_cfg.study.main_variant]
+    for k in ("mae_body", "ssim_body", "mae_tumour", "enh_ratio_wm", "enh_ratio_ring", "enh_ratio_relerr", "enh_dice",
+              "mae_body_cal", "tmsvpmi_body", "grad_dir", "air_grad"):
+        assert set(main[k]) == {"mean", "sd", "n", "ci_low", "ci_high"}, k
+    ref = doc["reference"]
+    assert ref["ground_truth"]["enh_ratio_ring"]["mean"] > 1.2  # the truth enhances
+    assert {"auc_t1", "auc_t2", "auc_t1c"} <= set(ref["learnability"])
+    # the model grid is the acquisition grid: the oracle's texture is the truth's (12-bit rounding only)
+    for k in ("tmsvpmi", "tavpmi", "tfpmi", "vfpmi", "tmsvpmi_body"):
+        assert ref["oracle"][k]["mean"] == pytest.approx(ref["ground_truth"][k]["mean"], rel=0.02), k
+    assert ref["oracle"]["mae"]["mean"] < 1.0
+    assert len(doc["verdicts"]) == 5 and all(v["status"] in ("reproduced", "not reproduced", "inconclusive")
+                                             for v in doc["verdicts"])
+    html = (study["report"] / "report.html").read_text()
+    assert "Verdicts" in html and "data:image/png;base64," in html and "http://" not in html
+
+
+def test_mlflow_parent_with_a_child_per_variant(study, tiny_cfg):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(study["uri"])
@@ -41,21 +64,24 @@ def test_mlflow_parent_with_eight_children(study):
     assert len(parents) == 1
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 8
+    assert len(children) == len(tiny_cfg.variants)
     assert parent.info.status == "FINISHED"
     for c in children:
         assert c.info.status == "FINISHED"
-        assert "test_mae" in c.data.metrics and "loss_g" in c.data.metrics
+        assert {"mae", "mae_body", "mae_body_cal", "enh_ratio_ring"} <= set(c.data.metrics) and "loss_g" in c.data.metrics
+        assert not any(k.startswith("test_") for k in c.data.metrics)  # one name per number
         assert len(client.get_metric_history(c.info.run_id, "loss_g")) >= 2
         arts = {a.path for a in client.list_artifacts(c.info.run_id)}
         assert "model" in arts and "evaluation" in arts
-    assert any(k.endswith(".mae") for k in parent.data.metrics)
-    assert "report" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    main = next(c for c in children if c.data.tags.get("vce.variant") == tiny_cfg.study.main_variant)
+    assert parent.data.metrics["mae_body"] == pytest.approx(main.data.metrics["mae_body"], rel=1e-6)
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/metrics.json", "report/report.html"} <= report
 
 
 def test_predictions_on_t2_grid(study, tiny_cohort):
     preds = sorted((study["work"] / "out" / "kfp").rglob("pred/*.nii.gz"))
-    assert len(preds) == 8  # one test patient x 8 variants at the tiny profile
+    assert len(preds) == 10 + 2  # one test patient x (10 variants + oracle + learnability) at the tiny profile
     pid = preds[0].name.split(".")[0]
     pred, t2 = sitk.ReadImage(str(preds[0])), sitk.ReadImage(str(tiny_cohort / pid / "T2.nii.gz"))
     assert pred.GetSize() == t2.GetSize()
@@ -82,7 +108,7 @@ def test_predict_new_patient(study, tiny_cohort, tmp_path):
     assert rc == 2 and not (tmp_path / "x.nii.gz").exists()
 
 
-def test_main_variant_registered_as_champion(study):
+def test_main_variant_registered_as_champion(study, tiny_cfg):
     """Every variant's generator is an MLflow model; the main one is registered with @champion and
     loads as a pyfunc (from code, weights_only checkpoint) honouring its signature."""
     import mlflow.pyfunc
@@ -93,16 +119,17 @@ def test_main_variant_registered_as_champion(study):
     run = client.get_run(mv.run_id)
     assert run.data.tags["vce.variant"] == "pgmgvce_main"
     children = client.search_runs([run.info.experiment_id], filter_string="tags.`vce.variant` != ''")
-    assert len(children) == 8 and all("vce.model_uri" in c.data.tags for c in children)
+    assert len(children) == len(tiny_cfg.variants) and all("vce.model_uri" in c.data.tags for c in children)
     import mlflow
 
     mlflow.set_tracking_uri(study["uri"])
     model = mlflow.pyfunc.load_model("models:/vce-pgmgvce-tiny@champion")
     inputs = model.metadata.signature.inputs.to_dict()[0]
-    assert list(inputs["tensor-spec"]["shape"]) == [-1, 2, 32, 32]
-    x = np.random.default_rng(0).uniform(0, 1, (3, 2, 32, 32)).astype(np.float32)
+    s = tiny_cfg.split.image_size
+    assert list(inputs["tensor-spec"]["shape"]) == [-1, 2, s, s]
+    x = np.random.default_rng(0).uniform(0, 1, (3, 2, s, s)).astype(np.float32)
     y = model.predict(x)
-    assert y.shape == (3, 1, 32, 32) and np.isfinite(y).all()
+    assert y.shape == (3, 1, s, s) and np.isfinite(y).all()
     with pytest.raises(Exception):
         model.predict(x[:, :1])  # wrong number of modalities violates the signature
 
@@ -158,7 +185,7 @@ def test_mlflow_ui_serves_the_study(study):
             except OSError:
                 time.sleep(1)
         assert runs is not None, "MLflow server did not come up"
-        assert len(runs) == 9  # the study's parent and its 8 children
+        assert len(runs) == 11  # the study's parent and its 10 children (8 paper variants, 2 seed replicates)
     finally:
         import os
         import signal
