@@ -8,7 +8,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
-export PYTHONDONTWRITEBYTECODE := 1
+# Bytecode is cached, but under .venv/pycache, never next to the sources: every kfp component is a
+# new Python process, and recompiling torch/scipy/pandas from source cost ~5 s per process.
+export PYTHONDONTWRITEBYTECODE :=
+export PYTHONPYCACHEPREFIX := $(abspath $(VENV))/pycache
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test test-slow bench bench-short paper venv mlflow-ui compile dvc-repro clean

@@ -1,6 +1,6 @@
 """DVC reproduces the study from a clean clone: same split, bit for bit; a second repro does nothing.
 
-Slow (it runs every stage, 8 trainings included, at the tiny profile twice): `pytest -m slow`.
+Slow (it runs every stage, 10 trainings included, at the tiny profile twice): `pytest -m slow`.
 """
 
 import os
@@ -51,7 +51,9 @@ def test_dvc_repro_is_exact_and_idempotent(tmp_path):
     a, b = repos
     assert _lock_md5(a, "split") == _lock_md5(b, "split")
     assert (a / "outputs/split/split.json").read_text() == (b / "outputs/split/split.json").read_text()
-    assert (a / "outputs/report/summary.md").is_file()
+    assert (a / "outputs/report/summary.md").is_file() and (a / "outputs/report/report.html").is_file()
+    shown = _run(a, "dvc", "metrics", "show")  # the metrics: section of dvc.yaml
+    assert "outputs/report/metrics.json" in shown and "mae_body" in shown
     out = _run(a, "dvc", "repro")
     assert "up to date" in out.lower()
     status = _run(a, "dvc", "status")

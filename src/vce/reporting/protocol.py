@@ -89,7 +89,7 @@ def _model_rows(data: StudyData, metrics: Sequence[tuple[str, str]], suffix: str
     rows: dict[str, dict[str, Any]] = {}
     main = data.patients[data.roles.main]
     for label, prefix in (truth or {}).items():
-        row: dict[str, Any] = {"kind": "ground truth"}
+        row: dict[str, Any] = {"kind": "ground truth", "role": ""}
         for key, col in metrics:
             add_mean_sd(row, col, _cols(main, prefix + key) if prefix != "noise" else
                         _cols(main, "gt_" + key) - _cols(main, "gtclean_" + key))
@@ -131,7 +131,7 @@ def enhancement_table(data: StudyData) -> pd.DataFrame:
     """Tumour enhancement per model against the truth's own ratios."""
     rows = _model_rows(data, ENHANCEMENT)
     main = data.patients[data.roles.main]
-    gt: dict[str, Any] = {"kind": "ground truth"}
+    gt: dict[str, Any] = {"kind": "ground truth", "role": ""}
     for key, col in ENHANCEMENT:
         add_mean_sd(gt, col, _cols(main, "gt_" + key))
     gt["n"] = len(main)

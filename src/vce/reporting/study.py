@@ -194,7 +194,8 @@ def build_report(eval_dirs: Mapping[str, Path], variants: Sequence[Variant], out
     tables = build_tables(eval_dirs, variants, main=cfg.study.main_variant,
                           references={r: data.patients[r] for r in data.references})
     tables.update(protocol_tables(data))
-    comp = {k: dict(r) for k, r in tables["comparison_main_baseline"].iterrows()} if "comparison_main_baseline" in tables else {}
+    comp = ({k: {c: int(v) if c == "n" else float(v) for c, v in r.items()}
+             for k, r in tables["comparison_main_baseline"].iterrows()} if "comparison_main_baseline" in tables else {})
     verdict_rows = verdicts(data, comp)
     prov = provenance(cfg, split)
     doc = metrics_document(data, comp, verdict_rows, prov)

@@ -106,7 +106,7 @@ def _overview(
     """One row per evaluated variant: its role, every metric's mean ± sd, n patients, n slices."""
     rows = {}
     for name in names:
-        row: dict[str, Any] = {"role": roles.of(name)}
+        row: dict[str, Any] = {"role": "reference" if name in ("oracle", "learnability") else roles.of(name)}
         for key, col in (*ACCURACY, *TEXTURE):
             add_mean_sd(row, col, data[name][key])
         row["n"] = len(data[name])
@@ -157,8 +157,12 @@ def build_tables(
         log.info("no mmgsn baseline evaluated: Tables 1 and 2 are left out")
     for ablation in ablations.ABLATIONS:
         if roles.groups[ablation.name]:
-            tables[ablation.table] = ablation.build(roles.groups[ablation.name], main, data)
-    tables[OVERVIEW] = _overview(roles, names, data, n_slices)
+            group = dict(roles.groups[ablation.name])
+            if not ablation.relative and "oracle" in (references or {}):
+                group[ORACLE_LABEL] = "oracle"  # the ceiling beside every accuracy table
+            tables[ablation.table] = ablation.build(group, main, {**data, **dict(references or {})})
+    refs = dict(references or {})
+    tables[OVERVIEW] = _overview(roles, [*refs, *names], {**refs, **data}, {**{r: int(d["n_slices"].sum()) if "n_slices" in d else 0 for r, d in refs.items()}, **n_slices})
     return tables
 
 
