@@ -5,6 +5,8 @@
 <cohort>/<patient_id>/T2.nii.gz          T2-weighted (the reference grid)
 <cohort>/<patient_id>/T1C.nii.gz         contrast-enhanced T1 (training/evaluation target)
 <cohort>/<patient_id>/tumor_mask.nii.gz  optional, on the T2 grid
+<cohort>/<patient_id>/wm_mask.nii.gz     optional, normal white matter on the T2 grid (enh_ratio_wm)
+<cohort>/<patient_id>/T1C_clean.nii.gz   optional, synthetic only: T1C without noise (same grid as T1C)
 <cohort>/<patient_id>/motion.json        optional, synthetic patients only (true T2->T1/T1C transforms)
 ```
 Patient ids are directory names of letters, digits, ``_`` and ``-``; directories starting with ``.``
