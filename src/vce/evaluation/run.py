@@ -35,7 +35,7 @@ from vce.config import EvaluateConfig
 from vce.evaluation.synthesisers import INVERSIONS, Case, GeneratorSynthesiser, Oracle, Synthesiser
 from vce.io.atomic import atomic_dir, write_json
 from vce.io.errors import VCEInputError
-from vce.io.nifti import PATIENT_FILES, read_volume
+from vce.io.nifti import PATIENT_FILES, read_volume, write_volume
 from vce.metrics.batched import radial_psd
 from vce.metrics.scoring import GT_METRICS, score_patient
 from vce.prep.normalization import apply_calibration
@@ -186,8 +186,7 @@ class _Collector:
 
 
 def _write_prediction(pred: np.ndarray, t2: sitk.Image, path: Path) -> None:
-    from vce.io.nifti import write_volume
-
+    """A (z, y, x) 12-bit prediction as NIfTI with the T2's geometry."""
     img = sitk.GetImageFromArray(pred.astype(np.int16))
     img.CopyInformation(t2)
     write_volume(img, path)

@@ -104,33 +104,28 @@ def role_family(role: str | None) -> str:
     return "other"
 
 
+def _rank_in_role(names: Sequence[str], roles: Mapping[str, str] | None) -> list[tuple[str, str, int]]:
+    """``(name, role family, k)``: each model is the k-th of its role family, in ``names`` order."""
+    roles = roles or {}
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        family = role_family(roles.get(name, ""))
+        out.append((name, family, seen.get(family, 0)))
+        seen[family] = out[-1][2] + 1
+    return out
+
+
 def model_colors(names: Sequence[str], roles: Mapping[str, str] | None = None) -> dict[str, str]:
     """Colour per model: red shades for main, blue for baselines, greys for references, others
     from a palette; the k-th model of a role takes the role's k-th shade (so colours stay the same
     in every figure given the same names and roles)."""
-    roles = roles or {}
-    seen: dict[str, int] = {}
-    out: dict[str, str] = {}
-    for name in names:
-        family = role_family(roles.get(name, ""))
-        k = seen.get(family, 0)
-        seen[family] = k + 1
-        palette = _ROLE_PALETTES[family]
-        out[name] = palette[k % len(palette)]
-    return out
+    return {n: _ROLE_PALETTES[f][k % len(_ROLE_PALETTES[f])] for n, f, k in _rank_in_role(names, roles)}
 
 
 def _linestyles(names: Sequence[str], roles: Mapping[str, str] | None) -> dict[str, str]:
     """Line style per model: changes when a role's palette wraps around, so lines stay distinct."""
-    roles = roles or {}
-    seen: dict[str, int] = {}
-    out: dict[str, str] = {}
-    for name in names:
-        family = role_family(roles.get(name, ""))
-        k = seen.get(family, 0)
-        seen[family] = k + 1
-        out[name] = _LINESTYLES[(k // len(_ROLE_PALETTES[family])) % len(_LINESTYLES)]
-    return out
+    return {n: _LINESTYLES[(k // len(_ROLE_PALETTES[f])) % len(_LINESTYLES)] for n, f, k in _rank_in_role(names, roles)}
 
 
 def _save_atomic(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
