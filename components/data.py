@@ -37,8 +37,12 @@ def register_op(cohort: Input[Dataset], params_yaml: str, profile: str, register
     from vce.config import load_config_text
 
     qc = steps.register(cohort.path, registered.path, load_config_text(params_yaml, profile))
+    import math
+
     for col in [c for c in qc.columns if c.endswith("tre_mean_mm")]:
-        registered.metadata[col] = float(qc[col].mean())
+        value = float(qc[col].mean())
+        if math.isfinite(value):  # a real cohort has no true motion, so no TRE; kfp cannot store NaN
+            registered.metadata[col] = value
 
 
 @dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)

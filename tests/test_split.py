@@ -296,3 +296,21 @@ def test_input_statistics_applies_the_same_rule(tiny_cfg, tiny_registered):
         assert got[m] == {"mu": mu, "sd": sd}
     with pytest.raises(VCEInputError, match="field of view"):
         input_statistics({**vols, "T1": np.zeros_like(vols["T1"])}, sp.image_size, sp.min_body_fraction, sp.max_fov_missing)
+
+
+def test_one_patient_under_two_ids_is_refused(tiny_registered, tiny_cfg, tmp_path):
+    """A copy of a patient under another id would put the same images in train and test."""
+    import shutil
+
+    import pytest
+
+    from vce.io.errors import VCEInputError
+    from vce.prep.split import split_cohort
+
+    reg = tmp_path / "registered"
+    shutil.copytree(tiny_registered, reg)
+    first = sorted(p.name for p in reg.iterdir() if p.is_dir())[0]
+    shutil.copytree(reg / first, reg / "P999")
+    with pytest.raises(VCEInputError, match=rf"patients {first} = P999 have identical"):
+        split_cohort(reg, tmp_path / "split", tiny_cfg.split, tiny_cfg.seed)
+    assert not (tmp_path / "split").exists()

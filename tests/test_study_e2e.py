@@ -134,11 +134,23 @@ def test_main_variant_registered_as_champion(study, tiny_cfg):
         model.predict(x[:, :1])  # wrong number of modalities violates the signature
 
 
-def test_predict_from_registry_matches_checkpoint(study, tiny_cohort, tmp_path):
-    """`vce predict --model models:/<name>@champion` gives the same volume as the run's checkpoint."""
+def test_predict_from_registry_matches_checkpoint(study, tiny_cohort, tmp_path, monkeypatch, request):
+    """`vce predict --model models:/<name>@champion` gives the same volume as the run's checkpoint,
+    with --tracking-uri alone: not helped by a process-wide MLflow URI set elsewhere (an earlier
+    test), and without leaving an empty mlflow.db in the working directory."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     from vce.cli import main
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    for reset in (mlflow.set_tracking_uri, mlflow.set_registry_uri):  # drop what an earlier test set: the env applies
+        reset(None)
+        request.addfinalizer(lambda reset=reset: reset(None))
 
     client = MlflowClient(study["uri"])
     mv = client.get_model_version_by_alias("vce-pgmgvce-tiny", "champion")
@@ -157,6 +169,7 @@ def test_predict_from_registry_matches_checkpoint(study, tiny_cohort, tmp_path):
     rc = main(["predict", *args, "--model", "models:/no-such-model@champion", "--tracking-uri", study["uri"],
                "--out", str(tmp_path / "c.nii.gz")])
     assert rc == 2 and not (tmp_path / "c.nii.gz").exists()
+    assert not (cwd / "mlflow.db").exists()
 
 
 def test_mlflow_ui_serves_the_study(study):

@@ -246,7 +246,9 @@ def resolve_checkpoint(model: str | Path, tracking_uri: str | None = None, dst: 
     _client(uri)
     dst = Path(dst)
     try:
-        local = Path(download_artifacts(artifact_uri=s, dst_path=str(dst), tracking_uri=uri))
+        # models:/ URIs resolve against the registry: name it too, or MLflow falls back to the
+        # process-wide default (an empty ./mlflow.db) whatever tracking_uri says
+        local = Path(download_artifacts(artifact_uri=s, dst_path=str(dst), tracking_uri=uri, registry_uri=uri))
     except Exception as exc:  # noqa: BLE001 - unknown name/alias/run is a bad input
         raise VCEInputError(f"{s}: cannot resolve this MLflow model at {uri}: {exc}") from exc
     found = sorted(local.rglob("checkpoint.pt"))

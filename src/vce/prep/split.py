@@ -245,6 +245,7 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
                 arr.flush()
             pd.DataFrame(index[s], columns=["patient", "z"]).to_csv(tmp / s / "index.csv", index=False)
         manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+        _refuse_duplicates(manifest)
         manifest.to_csv(tmp / "manifest.csv", index=False)
         split_id = split_identity(_split_settings(cfg, seed), (tmp / "manifest.csv").read_bytes())
         summary = _split_summary(cfg, seed, manifest, cursor, split_id)
@@ -253,6 +254,18 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
         del stores
     logger.info("split %s: %s", split_id[:12], summary)
     return manifest
+
+
+def _refuse_duplicates(manifest: pd.DataFrame) -> None:
+    """Raise when two patient ids have byte-identical registered inputs: one patient under two ids
+    would otherwise land in train and test and leak across the split."""
+    dup = manifest[manifest.duplicated("sha256", keep=False)]
+    if len(dup):
+        groups = [sorted(g.patient.tolist()) for _, g in dup.groupby("sha256")]
+        raise VCEInputError(
+            f"patients {'; '.join(' = '.join(g) for g in groups)} have identical T1/T2/T1C files (same sha256): "
+            "the same patient under two ids would leak across the split; remove the copies"
+        )
 
 
 def split_identity(settings: dict[str, Any], manifest_csv: bytes) -> str:
