@@ -222,3 +222,24 @@ def test_reimport_failure_keeps_previous_output(tmp_path, tiny_cohort, capsys):
     assert {p.name: p.read_bytes() for p in (out / "P0001").iterdir()} == before
     assert (src / ".vce_pseudonyms.json").read_bytes() == mapping
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "src"]
+
+
+def test_hidden_patient_folders_are_named(tmp_path, caplog):
+    """A patient folder starting with '.' is never read: say so instead of vanishing without a word."""
+    import logging
+
+    import pytest
+
+    from vce.io.cohort import list_patients
+    from vce.io.errors import VCEInputError
+
+    (tmp_path / ".P001").mkdir()
+    (tmp_path / ".dvc").mkdir()
+    with pytest.raises(VCEInputError, match=r"no patient directories found \(1 hidden folder"):
+        list_patients(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        try:
+            list_patients(tmp_path)
+        except VCEInputError:
+            pass
+    assert ".P001" in caplog.text and ".dvc" not in caplog.text

@@ -81,3 +81,19 @@ def test_reference_rows(tiny_registered, tiny_split, tiny_normalized, tmp_path, 
     oracle = pd.read_csv(out / "oracle" / "metrics_patients.csv")
     assert (learn["mae"] > oracle["mae"]).all()
     assert "n_slices_fov_excluded" in pd.read_csv(out / "fov.csv")
+
+
+def test_checkpoint_of_another_image_size_is_refused(tiny_registered, tiny_split, tiny_normalized, tmp_path, tiny_cfg):
+    from vce.evaluation import evaluate_variant
+    from vce.io.errors import VCEInputError
+    from vce.steps import train
+
+    cfg = tiny_cfg
+    run = train(tiny_normalized, tmp_path / "run", cfg, "pgmgvce_main")
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt["metadata"]["image_size"] = cfg.split.image_size * 2
+    torch.save(ckpt, run / "checkpoint.pt")
+    big = cfg.split.image_size * 2
+    with pytest.raises(VCEInputError, match=rf"trained at {big}x{big} but the split"):
+        evaluate_variant(run, tiny_registered, tiny_split, tiny_normalized, tmp_path / "eval", cfg.evaluate)
+    assert not (tmp_path / "eval").exists()

@@ -249,6 +249,10 @@ def evaluate_variant(
     model_dir = Path(model_dir)
     generator, meta = load_generator(_need(model_dir / "checkpoint.pt", "checkpoint (run `vce train` first)"))
     ts = load_test_set(Path(registered_dir), Path(split_dir), Path(norm_dir))
+    trained = (meta.get("metadata") or {}).get("image_size")
+    if trained is not None and int(trained) != ts.image_size:
+        raise VCEInputError(f"{model_dir / 'checkpoint.pt'}: trained at {trained}x{trained} but the split "
+                            f"{split_dir} stores {ts.image_size}x{ts.image_size} slices; evaluate it on its own split")
     patients = evaluate_synthesiser(GeneratorSynthesiser(generator, meta["variant"]), ts, out_dir, cfg)
     if tracker is not None:
         summary = json.loads((Path(out_dir) / "summary.json").read_text())["mean_over_patients"]

@@ -15,6 +15,7 @@ are ignored.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +24,9 @@ from .errors import VCEInputError
 from .nifti import PATIENT_FILES
 
 _PID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: Dot-folders that tools keep next to data (not patients; skipped without a word).
+_TOOL_DIRS = frozenset({".dvc", ".git", ".ipynb_checkpoints", ".cache"})
+logger = logging.getLogger(__name__)
 REQUIRED = ("T1", "T2", "T1C")
 
 
@@ -54,7 +58,10 @@ def list_patients(cohort_dir: str | Path, required: tuple[str, ...] = REQUIRED) 
     if not cohort_dir.is_dir():
         raise VCEInputError(f"{cohort_dir}: cohort directory not found")
     pids = []
+    hidden = []
     for p in sorted(cohort_dir.iterdir()):
+        if p.name.startswith(".") and p.is_dir() and p.name not in _TOOL_DIRS:
+            hidden.append(p.name)
         if p.name.startswith(".") or not p.is_dir():
             continue
         check_patient_id(p.name)
@@ -65,6 +72,10 @@ def list_patients(cohort_dir: str | Path, required: tuple[str, ...] = REQUIRED) 
         if missing:
             raise VCEInputError(f"{p}: patient {p.name} is missing {', '.join(missing)}")
         pids.append(p.name)
+    if hidden:
+        logger.warning("%s: %d folder(s) starting with '.' are not read as patients: %s", cohort_dir, len(hidden),
+                       ", ".join(hidden))
     if not pids:
-        raise VCEInputError(f"{cohort_dir}: no patient directories found")
+        hint = f" ({len(hidden)} hidden folder(s) starting with '.' are never patients)" if hidden else ""
+        raise VCEInputError(f"{cohort_dir}: no patient directories found{hint}")
     return pids
