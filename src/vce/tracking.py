@@ -221,6 +221,29 @@ def log_generator_model(
     return out
 
 
+def _model_source(uri_text: str, tracking_uri: str) -> str:
+    """``models:/<name>@<alias>``, ``models:/<name>/<version>`` or ``models:/m-<id>`` -> the artifact location, looked up
+    in the registry at ``tracking_uri`` itself (MLflow's own resolution of a registry URI falls back
+    to the process-wide default, an empty ./mlflow.db, whatever tracking URI is passed); other URIs as given."""
+    from mlflow.tracking import MlflowClient
+
+    ref = uri_text[len("models:/"):] if uri_text.startswith("models:/") else ""
+    if not ref:
+        return uri_text
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        ref = client.get_model_version_by_alias(name, alias).source
+    elif "/" in ref and not ref.startswith("m-"):
+        name, version = ref.rsplit("/", 1)
+        ref = client.get_model_version(name, version).source
+    if ref.startswith("models:/"):
+        ref = ref[len("models:/"):]
+    if ref.startswith("m-"):  # an MLflow 3 logged model: its artifacts' own location, from the tracking store
+        return client.get_logged_model(ref).artifact_location
+    return ref
+
+
 def resolve_checkpoint(model: str | Path, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
     """A local ``checkpoint.pt`` for ``model``: a checkpoint file, a run directory holding one,
     or an MLflow model URI (``models:/<name>@<alias>``, ``models:/<name>/<version>``,
@@ -246,9 +269,7 @@ def resolve_checkpoint(model: str | Path, tracking_uri: str | None = None, dst: 
     _client(uri)
     dst = Path(dst)
     try:
-        # models:/ URIs resolve against the registry: name it too, or MLflow falls back to the
-        # process-wide default (an empty ./mlflow.db) whatever tracking_uri says
-        local = Path(download_artifacts(artifact_uri=s, dst_path=str(dst), tracking_uri=uri, registry_uri=uri))
+        local = Path(download_artifacts(artifact_uri=_model_source(s, uri), dst_path=str(dst), tracking_uri=uri))
     except Exception as exc:  # noqa: BLE001 - unknown name/alias/run is a bad input
         raise VCEInputError(f"{s}: cannot resolve this MLflow model at {uri}: {exc}") from exc
     found = sorted(local.rglob("checkpoint.pt"))
