@@ -34,6 +34,7 @@ import SimpleITK as sitk
 from ..config import SynthConfig, check_int
 from ..io.atomic import atomic_dir, write_json
 from ..io.nifti import PATIENT_FILES, to_uint12, write_volume
+from . import lesions as lesions_mod
 from . import motion as motion_mod
 from .anatomy import (
     CHANNELS, Atlas, PatientBrain, SmoothNoise, Tubes, atlas_images, load_atlas, random_deformation, sample_vessels,
@@ -57,7 +58,7 @@ WM_MIN_FRACTION = 0.9
 #: ... and farther than this many voxels (in-plane) from the lesion,
 WM_LESION_MARGIN_PX = 2
 #: the lesion being every voxel whose summed fraction of these compartments exceeds LESION_MIN_FRACTION.
-LESION_COMPARTMENTS: tuple[str, ...] = ("rim", "necrosis", "oedema")
+LESION_COMPARTMENTS: tuple[str, ...] = ("enhancing", "nonenhancing", "necrosis", "oedema")
 LESION_MIN_FRACTION = 0.01
 
 
@@ -136,24 +137,41 @@ class PatientResult:
     motion_transforms: dict[str, sitk.Transform] | None = None  # "T1", "T1C": true T2->scan transform M
 
 
-def _compartments(fr: np.ndarray, q: np.ndarray, lesions, tubes) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Volume fraction of every compartment at the patient-space points ``q`` and the rim uptake."""
-    f = {name: fr[:, i].astype(np.float64) for i, name in enumerate(CHANNELS)}
+#: The tumour's compartments (gross tumour = their sum) and the per-voxel fields of the viable tumour.
+TUMOUR_COMPARTMENTS: tuple[str, ...] = ("enhancing", "nonenhancing", "necrosis")
+VIABLE_COMPARTMENTS: tuple[str, ...] = ("enhancing", "nonenhancing")
+
+
+def _lesion_fields(q: np.ndarray, lesions) -> dict[str, np.ndarray]:
+    """Tumour fractions (``core``, ``enhancing``, ``nonenhancing``), ``oedema_extent``, and the
+    viable tumour's ``uptake`` and ``h`` at ``q`` (N, 3); where lesions overlap each voxel takes
+    the maximum fraction, and uptake / h of the lesion with the most viable tumour there."""
     n = len(q)
-    core, rim, ext, uptake = (np.zeros(n) for _ in range(4))
+    out = {k: np.zeros(n) for k in ("core", "enhancing", "nonenhancing", "oedema_extent", "h")}
+    out["uptake"] = np.ones(n)
     for les in lesions:
         idx = np.flatnonzero(((q - les.centre) ** 2).sum(1) < les.extent_mm() ** 2)
         if len(idx) == 0:
             continue
         ev = les.evaluate(q[idx])
-        take = ev["rim"] > rim[idx]
-        uptake[idx[take]] = ev["uptake"][take]
-        core[idx] = np.maximum(core[idx], ev["core"])
-        rim[idx] = np.maximum(rim[idx], ev["rim"])
-        ext[idx] = np.maximum(ext[idx], ev["oedema_extent"])
-    gross = np.minimum(core + rim, 1.0)
-    scale = np.where(core + rim > 1.0, 1.0 / np.maximum(core + rim, 1e-9), 1.0)
-    core, rim = core * scale, rim * scale
+        take = ev["enhancing"] + ev["nonenhancing"] > out["enhancing"][idx] + out["nonenhancing"][idx]
+        for k in ("uptake", "h"):
+            out[k][idx[take]] = ev[k][take]
+        for k in ("core", "enhancing", "nonenhancing", "oedema_extent"):
+            out[k][idx] = np.maximum(out[k][idx], ev[k])
+    return out
+
+
+def _compartments(fr: np.ndarray, q: np.ndarray, lesions, tubes) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Volume fraction of every compartment at the patient-space points ``q``, and the viable
+    tumour's per-voxel fields (``uptake``, ``h``)."""
+    f = {name: fr[:, i].astype(np.float64) for i, name in enumerate(CHANNELS)}
+    les = _lesion_fields(q, lesions)
+    core, enh, ne, ext = les["core"], les["enhancing"], les["nonenhancing"], les["oedema_extent"]
+    total = core + enh + ne
+    gross = np.minimum(total, 1.0)
+    scale = np.where(total > 1.0, 1.0 / np.maximum(total, 1e-9), 1.0)
+    core, enh, ne = core * scale, enh * scale, ne * scale
     keep = 1.0 - gross
     for name in CHANNELS:
         f[name] *= keep
@@ -167,21 +185,29 @@ def _compartments(fr: np.ndarray, q: np.ndarray, lesions, tubes) -> tuple[dict[s
     vs = np.where(art + sin > 1.0, 1.0 / np.maximum(art + sin, 1e-9), 1.0)
     for name in CHANNELS:
         f[name] *= 1.0 - v
-    core, rim, oedema = core * (1 - v), rim * (1 - v), oedema * (1 - v)
-    f.update(artery=art * vs, sinus=sin * vs, rim=rim, necrosis=core, oedema=oedema)
-    return {k: f[k] for k in COMPARTMENTS}, uptake
+    f.update(artery=art * vs, sinus=sin * vs, enhancing=enh * (1 - v), nonenhancing=ne * (1 - v),
+             necrosis=core * (1 - v), oedema=oedema * (1 - v))
+    return {k: f[k] for k in COMPARTMENTS}, {"uptake": les["uptake"], "h": les["h"]}
 
 
-def _signal(seq, tissues: PatientTissues, frac: dict[str, np.ndarray], uptake: np.ndarray) -> np.ndarray:
-    """Noise-free signal: volume-fraction-weighted sum of the compartments' signals (slow exchange)."""
-    out = np.zeros(len(uptake))
+def _signal(seq, tissues: PatientTissues, frac: dict[str, np.ndarray], fields: dict[str, np.ndarray]) -> np.ndarray:
+    """Noise-free signal: volume-fraction-weighted sum of the compartments' signals (slow exchange).
+
+    The viable tumour's relaxation varies per voxel with its tissue field ``h`` (T1 x (1 +
+    T1_PER_H h), T2 x (1 + T2_PER_H h)) and the enhancing tumour's gadolinium with ``uptake``."""
+    out = np.zeros(len(fields["uptake"]))
     for name in COMPARTMENTS:
         t = tissues[name]
         fk = frac[name]
-        if name == "rim":
+        if name in VIABLE_COMPARTMENTS:
             sel = np.flatnonzero(fk > 1e-6)
-            conc = t.gd_mM * uptake[sel] if seq.contrast else 0.0
-            t1, t2 = t.relaxation(conc)
+            h = fields["h"][sel]
+            t1_0 = t.t1_ms * (1.0 + lesions_mod.T1_PER_H * h)
+            t2_0 = t.t2_ms * (1.0 + lesions_mod.T2_PER_H * h)
+            conc = 0.0
+            if seq.contrast:
+                conc = t.gd_mM * (fields["uptake"][sel] if name == "enhancing" else 1.0)
+            t1, t2 = _relax(t1_0, t2_0, conc, t.is_blood)
             out[sel] += fk[sel] * seq.signal(t.pd, t1, t2)
             continue
         t1, t2 = t.relaxation(t.gd_mM if seq.contrast else 0.0)
@@ -190,6 +216,13 @@ def _signal(seq, tissues: PatientTissues, frac: dict[str, np.ndarray], uptake: n
             s *= t.flow_void
         out += fk * s
     return out
+
+
+def _relax(t1_ms, t2_ms, conc_mM, is_blood: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(T1', T2') ms with ``conc_mM`` gadolinium: 1/T' = 1/T + r C (array-valued T1, T2)."""
+    r1, r2 = (R1_BLOOD, R2_BLOOD) if is_blood else (R1_TISSUE, R2_TISSUE)
+    c = np.asarray(conc_mM, dtype=np.float64)
+    return 1.0 / (1.0 / np.asarray(t1_ms) + r1 * c), 1.0 / (1.0 / np.asarray(t2_ms) + r2 * c)
 
 
 class _Streams(NamedTuple):
@@ -305,11 +338,12 @@ def _atlas_fractions(vec_img: sitk.Image, fine: sitk.Image, tr: sitk.Transform) 
 
 
 def _clean_scan(
-    seq: Sequence, patient: _Patient, frac: dict[str, np.ndarray], uptake: np.ndarray, q: np.ndarray, shape_zyx, nsub
+    seq: Sequence, patient: _Patient, frac: dict[str, np.ndarray], fields: dict[str, np.ndarray], q: np.ndarray,
+    shape_zyx, nsub,
 ) -> np.ndarray:
     """Noise-free scan (z, y, x): the compartment signals at the sub-samples ``q`` (N, 3) mm,
     times the tissue texture, averaged over each voxel's sub-samples (slice profile)."""
-    s = _signal(seq, patient.tissues, frac, uptake)
+    s = _signal(seq, patient.tissues, frac, fields)
     s *= 1.0 + TEXTURE_AMPLITUDE * patient.texture(q)
     return _block_mean(s, shape_zyx, nsub)
 
@@ -320,8 +354,9 @@ def _voxel_fractions(frac: dict[str, np.ndarray], shape_zyx, nsub) -> np.ndarray
 
 
 def _tumour_mask(avg: np.ndarray) -> np.ndarray:
-    """Tumour mask (z, y, x) uint8 from the voxel fractions ``avg`` (K, z, y, x): rim + necrosis >= 0.5."""
-    gross = avg[COMPARTMENTS.index("rim")] + avg[COMPARTMENTS.index("necrosis")]
+    """Tumour mask (z, y, x) uint8 from the voxel fractions ``avg`` (K, z, y, x): gross tumour
+    (enhancing + non-enhancing tumour + necrosis) >= 0.5."""
+    gross = sum(avg[COMPARTMENTS.index(k)] for k in TUMOUR_COMPARTMENTS)
     return (gross >= 0.5).astype(np.uint8)
 
 
@@ -374,7 +409,7 @@ def _acquire(
 def _wm_mask(avg: np.ndarray, min_wm: float = WM_MIN_FRACTION, margin_px: int = WM_LESION_MARGIN_PX) -> np.ndarray:
     """Normal-appearing white matter (z, y, x) uint8 from the voxel fractions ``avg`` (K, z, y, x).
 
-    Voxels with a white-matter fraction >= ``min_wm`` outside the lesion (any rim, necrosis or
+    Voxels with a white-matter fraction >= ``min_wm`` outside the lesion (any tumour, necrosis or
     oedema fraction above :data:`LESION_MIN_FRACTION`) dilated by a disc of ``margin_px`` voxels
     in-plane (slice by slice).
     """
@@ -408,8 +443,8 @@ def _simulate_scans(
     for scan in SCANS:
         seq = SEQUENCES[scan]
         tr, q = _scan_transform(patient.deformation, patient.rigid.get(scan), patient.nonrigid.get(scan), pts, fine)
-        frac, uptake = _compartments(_atlas_fractions(vec_img, fine, tr), q, patient.lesions, patient.tubes)
-        clean = _clean_scan(seq, patient, frac, uptake, q, shape, nsub)
+        frac, fields = _compartments(_atlas_fractions(vec_img, fine, tr), q, patient.lesions, patient.tubes)
+        clean = _clean_scan(seq, patient, frac, fields, q, shape, nsub)
         if return_maps or scan == "T2":
             avg = _voxel_fractions(frac, shape, nsub)
             if scan == "T2":

@@ -1,4 +1,5 @@
-"""Brain tumours: irregular lesions with necrotic core, enhancing rim and vasogenic oedema.
+"""Brain tumours: irregular solid or ring-enhancing lesions with heterogeneous, tissue-following
+enhancement, non-enhancing tumour, necrosis and vasogenic oedema.
 
 A lesion is an implicit shape in patient space. For a point x, with q = diag(1/a) R^T (x - c)
 (random orientation R, axis ratios a), the normalised radius is
@@ -9,11 +10,20 @@ where m is a smooth function of direction (sum of random cosines, irregular lobu
 and n a band-limited random field (ragged margin). Compartments (volume fractions, logistic
 edges of ~0.6 mm so that partial volume is resolved at any voxel size):
 
-* gross tumour (rim + core):   rho < 1
-* necrotic core:               rho < rho_c (1 + 0.15 n_c(x)),  rho_c ~ U(0.3, 0.7)
+* gross tumour:                rho < 1
+* necrotic core:               rho < rho_c (1 + 0.15 n_c(x)); ring-enhancing lesions rho_c ~ U(0.3, 0.7),
+  solid lesions (probability SOLID_PROBABILITY, and every small satellite) have no core (rho_c = 0)
+* viable tumour = gross - core, split by its local leakiness
+  ``l(x) = RHO_LEAK h(x) + sqrt(1 - RHO_LEAK^2) n_l(x)`` (``h`` a unit-variance band-limited field,
+  the tissue's extracellular-water excess, ``n_l`` an independent one): a fraction
+  ``sigmoid(4 (theta - l))`` (theta ~ U(-1.6, -0.6) per lesion) is non-enhancing tumour (intact
+  barrier), the rest enhancing tumour.
 * oedema extent:               rho < rho_o (1 + 0.15 n_o(x)),  rho_o ~ U(1.4, 2.4), 2 mm edge;
   oedema only replaces white matter (and half of the grey matter) -- it spreads along WM tracts.
-* enhancing-rim uptake factor: u (1 + 0.3 n_u(x)) clipped to [0.3, 2] (heterogeneous leakage).
+* per-voxel tissue modulation of the viable tumour (``tissue_field``): T1 x (1 + 0.06 h),
+  T2 x (1 + 0.12 h) (more extracellular water: longer relaxation), and the enhancing tumour's
+  uptake ``u (1 + 0.35 l)`` clipped to [0.3, 2]: enhancement follows the tissue (its leakiness,
+  partly visible before contrast through h), not only the geometry.
 """
 
 from __future__ import annotations
@@ -24,6 +34,16 @@ import numpy as np
 
 from .anatomy import PatientBrain, SmoothNoise, _euler_matrix
 from .motion import matvec_points
+
+#: Probability that an index lesion is solid (no necrotic core; e.g. metastases, lymphoma, NPC-like
+#: solid enhancing tumours); the others are ring-enhancing with a necrotic core.
+SOLID_PROBABILITY = 0.45
+#: Correlation of the enhancing tumour's leakiness with the pre-contrast-visible tissue field h.
+RHO_LEAK = 0.7
+#: Relative T1 / T2 change of viable tumour per unit of h, and relative uptake change per unit leakiness.
+T1_PER_H = 0.06
+T2_PER_H = 0.12
+UPTAKE_PER_LEAK = 0.35
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -47,6 +67,9 @@ class Lesion:
     rho_core: float
     rho_oedema: float
     uptake: float
+    tissue_noise: SmoothNoise | None = None  # h: pre-contrast-visible tissue field of the viable tumour
+    nonenh_threshold: float = -1e9  # theta: viable tumour with leakiness below it does not enhance
+    solid: bool = False
     edge_mm: float = 0.6
     oedema_edge_mm: float = 2.0
 
@@ -59,7 +82,9 @@ class Lesion:
         return self.gross_extent_mm() * self.rho_oedema * 1.2 + 4 * self.oedema_edge_mm
 
     def evaluate(self, pts: np.ndarray) -> dict[str, np.ndarray]:
-        """Fractions ``core``, ``rim``, ``oedema_extent`` and rim ``uptake`` at the (N, 3) ``pts``."""
+        """At the (N, 3) ``pts``: fractions ``core`` (necrosis), ``enhancing`` and ``nonenhancing``
+        (viable tumour), ``oedema_extent``; the enhancing tumour's ``uptake`` factor and the viable
+        tumour's tissue field ``h``."""
         v = pts - self.centre
         q = matvec_points(v, self.rotation.T) / self.axes
         r = np.linalg.norm(q, axis=1)
@@ -70,23 +95,32 @@ class Lesion:
         rho = r / (self.radius_mm * (1.0 + m)) + 0.07 * self.margin(pts)
         s = self.radius_mm / self.edge_mm
         gross = _sigmoid((1.0 - rho) * s)
-        core = np.minimum(_sigmoid((self.rho_core * (1.0 + 0.15 * self.core_noise(pts)) - rho) * s), gross)
+        if self.rho_core > 0:
+            core = np.minimum(_sigmoid((self.rho_core * (1.0 + 0.15 * self.core_noise(pts)) - rho) * s), gross)
+        else:
+            core = np.zeros(len(pts))
         ext = _sigmoid(
             (self.rho_oedema * (1.0 + 0.15 * self.oedema_noise(pts)) - rho) * self.radius_mm / self.oedema_edge_mm
         )
-        uptake = self.uptake * np.clip(1.0 + 0.3 * self.uptake_noise(pts), 0.3, 2.0)
-        return {"core": core, "rim": gross - core, "oedema_extent": np.maximum(ext, gross), "uptake": uptake}
+        h = self.tissue_noise(pts) if self.tissue_noise is not None else np.zeros(len(pts))
+        leak = RHO_LEAK * h + np.sqrt(1.0 - RHO_LEAK**2) * self.uptake_noise(pts)
+        nonenh = _sigmoid(4.0 * (self.nonenh_threshold - leak))
+        viable = gross - core
+        uptake = self.uptake * np.clip(1.0 + UPTAKE_PER_LEAK * leak, 0.3, 2.0)
+        return {"core": core, "enhancing": viable * (1.0 - nonenh), "nonenhancing": viable * nonenh,
+                "oedema_extent": np.maximum(ext, gross), "uptake": uptake, "h": h}
 
     def volumes_ml(self, step_mm: float = 1.0) -> dict[str, float]:
         """Gross-tumour and necrotic-core volumes (ml), integrated on a ``step_mm`` grid."""
         e = self.gross_extent_mm()
         ax = np.arange(-e, e + step_mm, step_mm)
         g = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3) + self.centre
-        out = {"gross": 0.0, "core": 0.0}
+        out = {"gross": 0.0, "core": 0.0, "enhancing": 0.0}
         for chunk in np.array_split(g, max(1, len(g) // 200_000)):
             f = self.evaluate(chunk)
-            out["gross"] += float((f["core"] + f["rim"]).sum())
+            out["gross"] += float((f["core"] + f["enhancing"] + f["nonenhancing"]).sum())
             out["core"] += float(f["core"].sum())
+            out["enhancing"] = out.get("enhancing", 0.0) + float(f["enhancing"].sum())
         return {k: round(v * step_mm**3 / 1000.0, 3) for k, v in out.items()}
 
     def summary(self) -> dict[str, object]:
@@ -94,16 +128,19 @@ class Lesion:
         return {
             "centre_mm": [round(float(c), 2) for c in self.centre],
             "radius_mm": round(self.radius_mm, 2),
+            "type": "solid" if self.solid else "ring",
             "gross_volume_ml": vol["gross"],
             "necrosis_volume_ml": vol["core"],
+            "enhancing_volume_ml": vol["enhancing"],
             "necrotic_fraction_radius": round(self.rho_core, 3),
             "oedema_extent_radius": round(self.rho_oedema, 3),
             "uptake_factor": round(self.uptake, 3),
         }
 
 
-def random_lesion_shape(rng: np.random.Generator, centre, radius_mm: float) -> Lesion:
-    """Draw the shape and compartment parameters of one lesion (centre set later)."""
+def random_lesion_shape(rng: np.random.Generator, centre, radius_mm: float, solid: bool = False) -> Lesion:
+    """Draw the shape and compartment parameters of one lesion (centre set later); ``solid``:
+    no necrotic core."""
     axes = np.exp(rng.normal(0.0, 0.12, 3))
     axes /= np.prod(axes) ** (1 / 3)
     rotation = _euler_matrix(rng.uniform(-np.pi, np.pi, 3))
@@ -123,9 +160,12 @@ def random_lesion_shape(rng: np.random.Generator, centre, radius_mm: float) -> L
         core_noise=SmoothNoise(rng, 8, (6.0, 20.0)),
         oedema_noise=SmoothNoise(rng, 8, (10.0, 40.0)),
         uptake_noise=SmoothNoise(rng, 10, (6.0, 20.0)),
-        rho_core=float(rng.uniform(0.3, 0.7)),
+        rho_core=0.0 if solid else float(rng.uniform(0.3, 0.7)),
         rho_oedema=float(rng.uniform(1.4, 2.4)),
         uptake=float(rng.uniform(0.7, 1.3)),
+        tissue_noise=SmoothNoise(rng, 10, (5.0, 16.0)),
+        nonenh_threshold=float(rng.uniform(-1.6, -0.6)),
+        solid=solid,
     )
 
 
@@ -137,7 +177,8 @@ def sample_lesions(
     radius_range=(8.0, 25.0),
     small_radius_range=(3.0, 8.0),
 ) -> list[Lesion]:
-    """1-3 lesions fully inside the brain, centred within the imaged slab [z_lo, z_hi].
+    """1-3 lesions fully inside the brain, centred within the imaged slab [z_lo, z_hi]; each is
+    solid with probability :data:`SOLID_PROBABILITY` (small satellites always), else ring-enhancing.
 
     Number of lesions: 1, 2 or 3 with probabilities 0.55, 0.30, 0.15 (multifocal disease,
     metastases). The first (index) lesion has a gross radius ~ U(radius_range); each further one
@@ -151,7 +192,8 @@ def sample_lesions(
     for k in range(n):
         small = k > 0 and rng.uniform() < 0.5
         radius = float(rng.uniform(*(small_radius_range if small else radius_range)))
-        les = random_lesion_shape(rng, np.zeros(3), radius)
+        solid = small or rng.uniform() < SOLID_PROBABILITY
+        les = random_lesion_shape(rng, np.zeros(3), radius, solid=solid)
         for _attempt in range(8):
             ext = les.gross_extent_mm()
             band = max(half - 0.5 * les.radius_mm, 0.3 * half)

@@ -79,7 +79,15 @@ TISSUES: dict[str, Tissue] = {
             "artery", 1932, 275, 0.85, 0.58, "Stanisz 2005 blood; C_b = C_p (1 - Hct)", flow_void=0.15, is_blood=True
         ),
         _t("sinus", 1932, 275, 0.85, 0.58, "venous sinus blood, slower flow", flow_void=0.4, is_blood=True),
-        _t("rim", 1800, 120, 0.86, 0.35, "enhancing viable tumour (Badve 2017 MRF; Blystad 2017); v_e ~0.3"),
+        _t(
+            "enhancing", 1550, 95, 0.82, 0.40,
+            "enhancing viable tumour (assumed; within the ranges of Blystad 2017 synthetic MRI and Badve 2017 MRF: "
+            "cellular tumour has shorter T1/T2 than oedema; solid NPC ~T1 1.4-1.6 s, T2 80-100 ms); leaky: v_e ~0.4",
+        ),
+        _t(
+            "nonenhancing", 1750, 125, 0.85, 0.04,
+            "non-enhancing (infiltrative) tumour (assumed: between enhancing tumour and oedema); intact barrier",
+        ),
         _t("necrosis", 2800, 260, 0.93, 0.03, "necrotic core, fluid-like, slow contrast diffusion"),
         _t("oedema", 1850, 140, 0.86, 0.03, "vasogenic oedema (Blystad 2017): long T1/T2, BBB mostly intact"),
     )
