@@ -13,15 +13,20 @@ def test_profiles_load_and_paper_settings():
     assert paper.train.lr == pytest.approx(2e-4) and paper.train.beta1 == pytest.approx(0.5)
     assert paper.synth.n_patients == 80
     assert [v.name for v in paper.variants][0] == "pgmgvce_main"
-    assert len([v for v in paper.variants if v.seed_offset == 0]) == 8  # the paper's eight
+    assert len([v for v in paper.variants if v.seed_offset == 0 and v.paper]) == 8  # the paper's eight
     assert sum(v.model == "mmgsn" and v.seed_offset == 0 for v in paper.variants) == 1
-    assert {v.name for v in paper.variants if v.seed_offset} == {"pgmgvce_main_seed1", "baseline_mmgsn_seed1"}
+    assert {v.name for v in paper.variants if not v.paper} == {"norm_tanh_f1", "pgmgvce_pg_gan_l1"}
+    mid = load_config(ROOT / "params.yaml", "mid")
+    assert mid.split.image_size == mid.synth.matrix[0] == 96 and mid.synth.n_patients == 24
+    assert {v.name for v in mid.variants if v.seed_offset} == {
+        "pgmgvce_main_seed1", "pgmgvce_main_seed2", "baseline_mmgsn_seed1", "baseline_mmgsn_seed2"}
+    assert len([v for v in mid.variants if v.paper and not v.seed_offset]) == 8
 
 
 def test_unknown_key_is_an_error():
     text = (ROOT / "params.yaml").read_text()
-    assert text.count("log_every: 10") == 1  # the demo profile's
-    text = text.replace("log_every: 10", "log_evry: 10")
+    assert text.count("log_every: 10") == 2  # the demo and mid profiles'
+    text = text.replace("log_every: 10", "log_evry: 10", 1)
     with pytest.raises(ConfigError, match="log_evry"):
         load_config_text(text, "demo")
 
@@ -93,7 +98,7 @@ def _tiny_text(old: str, new: str) -> str:
         ("lambda_pg: 0.0,  lambda_gan: 1.0,  lambda_l1: 100.0", "lambda_pg: 0,  lambda_gan: 0,  lambda_l1: 0",
          r"variants\.baseline_mmgsn: all generator loss weights are 0, nothing to train"),
         ("model: mmgsn,   lambda_pg", "model: unet,   lambda_pg", r"variants\.baseline_mmgsn\.model must be one of \('pgmgvce', 'mmgsn'\)"),
-        ("normalization: tanh", "normalization: 1", r"variants\.norm_tanh\.normalization must be a string"),
+        ("normalization: tanh,", "normalization: 1,", r"variants\.norm_tanh\.normalization must be a string"),
     ],
 )
 def test_bad_params_fail_at_load_naming_the_key(old, new, match):
@@ -188,3 +193,34 @@ def test_generators_are_the_config_models():
     assert tuple(GENERATORS) == MODELS
     for name in MODELS:
         assert isinstance(build_generator(name, 2, 4), GENERATORS[name])
+
+
+def test_extra_variants_are_marked_beyond_the_paper_and_selected_per_profile():
+    text = (ROOT / "params.yaml").read_text()
+    cfg = load_config_text(text, "tiny")
+    extra = {v.name: v for v in cfg.variants if not v.paper}
+    assert set(extra) == {"norm_tanh_f1", "pgmgvce_pg_gan_l1"}
+    assert extra["pgmgvce_pg_gan_l1"].lambda_l1 > 0 and extra["pgmgvce_pg_gan_l1"].lambda_pg > 0
+    assert extra["norm_tanh_f1"].normalization == "tanh_f1"
+    assert all(v.paper for v in cfg.variants if v.name not in extra)
+    # an extra cannot claim to be the paper's
+    bad = text.replace("norm_tanh_f1: {model: pgmgvce,", "norm_tanh_f1: {paper: true, model: pgmgvce,")
+    with pytest.raises(ConfigError, match=r"extra_variants\.norm_tanh_f1: 'paper' is set by the section"):
+        load_config_text(bad, "tiny")
+    # study.variants selects, in file order; an unknown name is an error naming the key
+    sel = text.replace("      variants: [pgmgvce_main, ratio_10to1, ratio_1to10, norm_zscore, norm_tanh, t1_only, t2_only, baseline_mmgsn,\n"
+                       "                 pgmgvce_main_seed1, baseline_mmgsn_seed1, norm_tanh_f1, pgmgvce_pg_gan_l1]\n",
+                       "      variants: [pgmgvce_pg_gan_l1, pgmgvce_main]\n")
+    assert sel != text
+    assert [v.name for v in load_config_text(sel, "tiny").variants] == ["pgmgvce_main", "pgmgvce_pg_gan_l1"]
+    with pytest.raises(ConfigError, match=r"study\.variants: unknown variant\(s\) \['nope'\]"):
+        load_config_text(sel.replace("[pgmgvce_pg_gan_l1, pgmgvce_main]", "[pgmgvce_main, nope]"), "tiny")
+    dup = text.replace("extra_variants:\n", "extra_variants:\n  pgmgvce_main: {model: pgmgvce}\n")
+    with pytest.raises(ConfigError, match="more than once"):
+        load_config_text(dup, "tiny")
+
+
+def test_pg_eps_scale_is_checked():
+    text = (ROOT / "params.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"train\.pg_eps_scale"):
+        load_config_text(text.replace("pg_eps_scale: slope", "pg_eps_scale: sigmoid"), "tiny")

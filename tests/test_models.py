@@ -94,7 +94,7 @@ def test_modality_weights_are_trainable() -> None:
     assert w1.sum().item() == pytest.approx(1.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("size,n_layers,side", [(32, 3, 2), (64, 3, 6), (16, 2, 2), (192, 3, 22)])
+@pytest.mark.parametrize("size,n_layers,side", [(32, 1, 14), (64, 1, 30), (16, 1, 6), (48, 1, 22), (96, 2, 22), (192, 3, 22)])
 def test_discriminator_output_shape(size: int, n_layers: int, side: int) -> None:
     assert adapt_n_layers(size) == n_layers
     d = build_discriminator(2, 4, image_size=size)
@@ -104,9 +104,29 @@ def test_discriminator_output_shape(size: int, n_layers: int, side: int) -> None
     assert out.shape == (2, 1, side, side)
 
 
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_receptive_field_matches_the_gradient_footprint(n_layers: int) -> None:
+    """receptive_field(n) is the side of the input region one score depends on, measured by
+    back-propagating a single central score to the input (convolutions only); patches are at most
+    half the image."""
+    from vce.models.discriminator import MAX_PATCH_FRACTION, receptive_field
+
+    d = PatchDiscriminator(2, 4, n_layers)
+    for i, m in enumerate(d.net):  # InstanceNorm couples every position through its statistics
+        if isinstance(m, torch.nn.InstanceNorm2d):
+            d.net[i] = torch.nn.Identity()
+    x = torch.randn(1, 1, 160, 160, requires_grad=True)
+    out = d(torch.randn(1, 1, 160, 160), x)
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+    rows = torch.nonzero(x.grad[0, 0].abs().sum(1)).flatten()
+    assert int(rows.max() - rows.min() + 1) == receptive_field(n_layers)
+    for size in (48, 64, 96, 192):
+        assert receptive_field(adapt_n_layers(size)) <= MAX_PATCH_FRACTION * size
+
+
 def test_discriminator_single_modality_and_channel_check() -> None:
     d = build_discriminator(1, 4, image_size=32)
-    assert d(torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32)).shape == (1, 1, 2, 2)
+    assert d(torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32)).shape == (1, 1, 14, 14)
     with pytest.raises(ValueError):
         d(torch.randn(1, 2, 32, 32), torch.randn(1, 1, 32, 32))
 

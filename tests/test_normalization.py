@@ -6,14 +6,14 @@ import pytest
 from vce.prep.normalization import apply_calibration, forward, inverse, patient_stats
 
 
-@pytest.mark.parametrize("method", ["zscore", "sigmoid", "tanh"])
+@pytest.mark.parametrize("method", ["zscore", "sigmoid", "tanh", "tanh_f1"])
 def test_round_trip(method):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 4095, size=(4, 16, 16))
     mu, sd = float(x.mean()), float(x.std())
     y = forward(x, mu, sd, method)
     back = inverse(y, mu, sd, method)
-    tol = {"zscore": 1e-3, "sigmoid": 0.05, "tanh": 2.0}[method]  # float32 storage; tanh's 0.01 slope
+    tol = {"zscore": 1e-3, "sigmoid": 0.05, "tanh": 2.0, "tanh_f1": 0.1}[method]  # float32 storage; tanh's 0.01 slope
     np.testing.assert_allclose(back, x, atol=tol)
 
 
@@ -23,6 +23,35 @@ def test_equations_11_to_13():
     np.testing.assert_allclose(forward(x, mu, sd, "zscore"), z, rtol=1e-6)
     np.testing.assert_allclose(forward(x, mu, sd, "sigmoid"), 1 / (1 + np.exp(-z)), rtol=1e-6)
     np.testing.assert_allclose(forward(x, mu, sd, "tanh"), 0.5 * (np.tanh(0.01 * z) + 1), rtol=1e-6)
+    np.testing.assert_allclose(forward(x, mu, sd, "tanh_f1"), 0.5 * (np.tanh(z) + 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["zscore", "sigmoid", "tanh", "tanh_f1"])
+def test_pg_eps_follows_the_normalisation_slope(method):
+    """pg_eps_for: eps in patient-sd units times d forward / d z at the mean, checked against a
+    central difference of forward itself; "none" leaves eps as given."""
+    from vce.prep.normalization import pg_eps_for, slope
+
+    mu, sd, h = 500.0, 100.0, 1e-3
+    numeric = (forward(np.array([mu + h * sd]), mu, sd, method).astype(np.float64)
+               - forward(np.array([mu - h * sd]), mu, sd, method)) / (2 * h)
+    np.testing.assert_allclose(slope(method), numeric[0], rtol=2e-2)
+    assert pg_eps_for(method, 4e-3) == pytest.approx(4e-3 * slope(method))
+    assert pg_eps_for(method, 4e-3, "none") == 4e-3
+    with pytest.raises(ValueError):
+        pg_eps_for(method, 4e-3, "other")
+
+
+def test_pg_eps_keeps_the_sigmoid_variants_and_scales_tanh():
+    """params.yaml: the sigmoid variants keep eq. 2's eps = 1e-3; eq. 13's tanh gets 2e-5 (its
+    body spans ~0.03, where 1e-3 would exceed most real gradients)."""
+    from conftest import ROOT
+    from vce.config import load_config
+    from vce.prep.normalization import effective_pg_eps
+
+    cfg = load_config(ROOT / "params.yaml", "demo")
+    assert effective_pg_eps(cfg.variant("pgmgvce_main"), cfg.train) == pytest.approx(1e-3)
+    assert effective_pg_eps(cfg.variant("norm_tanh"), cfg.train) == pytest.approx(2e-5)
 
 
 def test_inverse_is_finite_at_bounds():
@@ -41,7 +70,7 @@ def test_patient_stats_use_body_only():
 
 def test_normalized_store(tiny_normalized, tiny_split):
     params = json.loads((tiny_normalized / "params.json").read_text())
-    assert set(params["methods"]) == {"zscore", "sigmoid", "tanh"}
+    assert set(params["methods"]) == {"zscore", "sigmoid", "tanh", "tanh_f1"}
     for m in params["methods"]:
         for s in ("train", "test"):
             a = np.load(tiny_normalized / m / s / "T1C.npy")

@@ -80,7 +80,7 @@ def data():
     rng = np.random.default_rng(0)
     maes = {"pgmgvce_main": 100, "pgmgvce_main_seed1": 100.5, "ratio_10to1": 120, "ratio_1to10": 121,
             "norm_zscore": 90, "norm_tanh": 130, "t1_only": 140, "t2_only": 150, "baseline_mmgsn": 100.2,
-            "baseline_mmgsn_seed1": 100.1}
+            "baseline_mmgsn_seed1": 100.1, "norm_tanh_f1": 95, "pgmgvce_pg_gan_l1": 98}
     patients = {v.name: _patients(rng, maes[v.name]) for v in variants}
     patients["oracle"] = _patients(rng, 1.0, 1.8)
     names = [v.name for v in variants]
@@ -96,6 +96,11 @@ def test_replicates_and_baseline_ignore_seed_copies(data):
     assert "pgmgvce_main_seed1" not in {n for g in data.roles.groups.values() for n in g.values()}
     assert data.kind("pgmgvce_main_seed1").startswith("seed replicate")
     assert data.kind("oracle").startswith("reference")
+    # extras are beyond the paper: labelled so and never in the paper's ablation groups
+    in_groups = {n for g in data.roles.groups.values() for n in g.values()}
+    for extra in ("norm_tanh_f1", "pgmgvce_pg_gan_l1"):
+        assert data.kind(extra) == "beyond the paper (not in the paper)" and extra not in in_groups
+    assert protocol.accuracy_regions(data).loc["norm_tanh_f1", "kind"].startswith("beyond the paper")
 
 
 def test_tables_label_every_row_and_carry_the_oracle(data):

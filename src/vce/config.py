@@ -25,12 +25,16 @@ from typing import Any
 import yaml
 
 MODALITIES = ("T1", "T2")
-NORMALIZATIONS = ("zscore", "sigmoid", "tanh")
+NORMALIZATIONS = ("zscore", "sigmoid", "tanh", "tanh_f1")  # tanh_f1: eq. 13 with factor 1 (not the paper's)
+PAPER_NORMALIZATIONS = ("zscore", "sigmoid", "tanh")  # eq. 11-13 as printed
+PG_EPS_SCALES = ("slope", "none")
 #: The generators (``Variant.model``); ``vce.models.factory.GENERATORS`` is keyed by these.
 MODELS = ("pgmgvce", "mmgsn")
 GP_TYPES = ("r1", "wgan_gp")  # train.gp_type
 AMP_MODES = ("off", "bf16", "fp16")  # train.amp
 KEEP = ("last", "best")  # train.keep
+#: study.champion_goal: the registry's champion has the lowest (min) or highest (max) champion_metric.
+CHAMPION_GOALS = ("min", "max")
 
 #: One invalid setting: (key within its section, or "" for the section as a whole; message).
 Problem = tuple[str, str]
@@ -246,7 +250,12 @@ class TrainConfig(Checked):
     beta2: float = 0.999
     base_channels: int = 16
     gp_weight: float = 0.01
-    pg_eps: float = 1e-3
+    #: eq. 2's eps. With pg_eps_scale "slope" (default) it is in units of the patient's intensity sd and
+    #: multiplied by the normalisation's slope at the patient mean (sigmoid 0.25, tanh 0.005, tanh_f1 0.5,
+    #: z-score 1: vce.prep.normalization.pg_eps_for), so every normalisation gets the same eps relative to
+    #: its tissue contrast; "none": pg_eps in normalised units as given.
+    pg_eps: float = 4e-3
+    pg_eps_scale: str = "slope"
     log_every: int = 10
     threads: int = 1
     gp_type: str = "r1"  # r1 (penalty on real data) | wgan_gp (on real/fake interpolates, (||grad||-1)^2)
@@ -268,6 +277,7 @@ class TrainConfig(Checked):
         yield from _at_least(self, ("lr", "pg_eps"), 0, strict=True)
         yield from _at_least(self, ("gp_weight", "checkpoint_every", "threads"), 0)
         yield from _one_of(self, "gp_type", GP_TYPES)
+        yield from _one_of(self, "pg_eps_scale", PG_EPS_SCALES)
         yield from _one_of(self, "amp", AMP_MODES)
         yield from _one_of(self, "keep", KEEP)
         if self.keep == "best" and self.val_patients <= 0:
@@ -302,10 +312,24 @@ class StudyConfig(Checked):
     section = "study"
 
     parallelism: int = 2
-    main_variant: str = ""  # the study's main model (tables, MLflow registry); must name a variant
+    main_variant: str = ""  # the study's main model (tables, ablation reference); must name a variant
+    #: the variants this profile runs, by name, from ``variants`` and ``extra_variants`` (empty = all, file order)
+    variants: tuple[str, ...] = ()
+    #: per-patient score (a column of each variant's metrics_patients.csv, ``_cal`` = the deployable
+    #: inversion) whose mean over the test patients picks the registry's ``champion`` (vce.champion)
+    champion_metric: str = "mae_body_cal"
+    champion_goal: str = "min"  # one of CHAMPION_GOALS: lower or higher champion_metric is better
 
     def problems(self) -> Iterator[Problem]:
         yield from _at_least(self, ("parallelism",), 1)
+        yield from _one_of(self, "champion_goal", CHAMPION_GOALS)
+        # the full list of scores lives in vce.metrics (checked by `vce compare`, vce.champion.check_metric);
+        # here, without importing it, what can never be one: empty, odd characters, ground truth, ids, counts
+        m = self.champion_metric
+        if (not m or not m.replace("_", "").isalnum() or m.startswith(("gt_", "gtclean_"))
+                or m in ("patient", "n_slices", "n_tumour_voxels")):
+            yield "champion_metric", ("must name a score column of metrics_patients.csv such as 'mae_body_cal' "
+                                      f"(not ground truth, an id or a count; got {m!r})")
 
 
 @dataclass(frozen=True)
@@ -320,6 +344,7 @@ class Variant(Checked):
     normalization: str = "sigmoid"
     modalities: tuple[str, ...] = ("T1", "T2")
     seed_offset: int = 0  # training seed = profile seed + this (a seed replicate of another variant)
+    paper: bool = True  # False: beyond the paper (params.yaml ``extra_variants``), labelled so in every table
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -339,6 +364,8 @@ class Variant(Checked):
         weights = ("lambda_pg", "lambda_gan", "lambda_l1")
         yield from _at_least(self, weights, 0)
         yield from _at_least(self, ("seed_offset",), 0)
+        if not isinstance(self.paper, bool):
+            yield "paper", f"must be true or false (got {self.paper!r})"
         if all(getattr(self, w) == 0 for w in weights):
             yield "", "all generator loss weights are 0, nothing to train"
 
@@ -472,7 +499,7 @@ def load_config_text(text: str, profile: str | None = None, source: str = "param
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}")
     built = {k: _build(c, _mapping(p.get(k), f"{where}.{k}"), f"{where}.{k}") for k, c in SECTIONS.items()}
-    variants = _variants(raw, source)
+    variants = _select(_variants(raw, source), tuple(built["study"].variants), where)
     try:
         return Config(profile=profile, seed=p.get("seed", 0), variants=variants, **built)
     except ConfigError as exc:
@@ -480,7 +507,29 @@ def load_config_text(text: str, profile: str | None = None, source: str = "param
 
 
 def _variants(raw: dict[str, Any], source: str) -> tuple[Variant, ...]:
-    """The file's ``variants`` mapping (name -> settings), in file order."""
-    raw_variants = _mapping(raw.get("variants"), f"{source}:variants")
-    return tuple(_build(Variant, {"name": k, **_mapping(v, f"{source}:variants.{k}")}, f"{source}:variants.{k}")
-                 for k, v in raw_variants.items())
+    """The file's ``variants`` (the paper's) then ``extra_variants`` (beyond the paper: ``paper``
+    is false for them), each a mapping name -> settings, in file order."""
+    out: list[Variant] = []
+    for key, paper in (("variants", True), ("extra_variants", False)):
+        for k, v in _mapping(raw.get(key), f"{source}:{key}").items():
+            where = f"{source}:{key}.{k}"
+            d = _mapping(v, where)
+            if "paper" in d:
+                raise ConfigError(f"{where}: 'paper' is set by the section (variants: the paper's, extra_variants: not)")
+            out.append(_build(Variant, {"name": k, **d, "paper": paper}, where))
+    names = [v.name for v in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{source}: variant name(s) {dup} appear more than once in variants / extra_variants")
+    return tuple(out)
+
+
+def _select(variants: tuple[Variant, ...], wanted: tuple[str, ...], where: str) -> tuple[Variant, ...]:
+    """The variants named in ``study.variants`` (in file order); all when it is empty."""
+    if not wanted:
+        return variants
+    known = {v.name for v in variants}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ConfigError(f"{where}.study.variants: unknown variant(s) {unknown}; known: {sorted(known)}")
+    return tuple(v for v in variants if v.name in set(wanted))

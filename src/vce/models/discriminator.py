@@ -13,19 +13,37 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["PatchDiscriminator", "adapt_n_layers"]
+__all__ = ["PatchDiscriminator", "adapt_n_layers", "receptive_field"]
+
+
+def receptive_field(n_layers: int) -> int:
+    """Side (px) of the input patch one output score sees: 16, 34, 70 for 1, 2, 3 strided layers
+    (two 4x4 stride-1 convolutions after ``n_layers`` 4x4 stride-2 ones)."""
+    rf = 1
+    for _ in range(2):  # stride-1 layers, from the output back
+        rf = rf + 3
+    for _ in range(n_layers):
+        rf = (rf - 1) * 2 + 4
+    return rf
+
+
+#: The largest receptive field, as a fraction of the image side, that still counts as patch-based
+#: (the paper's 70x70 PatchGAN on 192x192 images sees 36 %).
+MAX_PATCH_FRACTION = 0.5
 
 
 def adapt_n_layers(image_size: int | None, n_layers: int = 3, min_output: int = 2) -> int:
-    """Largest number of strided layers ``<= n_layers`` whose output map is at least ``min_output``^2.
+    """Largest number of strided layers ``<= n_layers`` whose receptive field is at most
+    :data:`MAX_PATCH_FRACTION` of the image side and whose output map is at least ``min_output``^2:
+    the discriminator judges patches, never the whole image.
 
-    The output side is ``floor(S / 2^n) - 2``: 64 -> 3 layers (6x6), 32 -> 3 (2x2), 16 -> 2 (2x2).
-    ``image_size=None`` returns ``n_layers`` unchanged.
+    192 -> 3 layers (70 px patches, 21x21 scores), 96 -> 2 (34 px), 64 -> 1 (16 px), 48 -> 1 (16 px),
+    32 -> 1 (16 px). ``image_size=None`` returns ``n_layers`` unchanged.
     """
     if image_size is None:
         return n_layers
     n = n_layers
-    while n > 1 and image_size // 2**n - 2 < min_output:
+    while n > 1 and (image_size // 2**n - 2 < min_output or receptive_field(n) > MAX_PATCH_FRACTION * image_size):
         n -= 1
     if image_size // 2**n - 2 < 1:
         raise ValueError(f"image size {image_size} is too small for a PatchGAN discriminator")

@@ -2,7 +2,8 @@
 
 ``zscore``:  (x - mu) / sd
 ``sigmoid``: 1 / (1 + exp(-(x - mu) / sd))
-``tanh``:    (tanh(0.01 (x - mu) / sd) + 1) / 2
+``tanh``:    (tanh(0.01 (x - mu) / sd) + 1) / 2      (eq. 13 as printed)
+``tanh_f1``: (tanh((x - mu) / sd) + 1) / 2           (not the paper's: eq. 13 with factor 1, a sensitivity variant)
 
 mu and sd are the mean and standard deviation of one patient's volume for one modality, taken
 over the body (head) voxels of the patient's stored slices: the air around the head would
@@ -40,6 +41,8 @@ from .split import SPLITS, STORE_MODALITIES
 logger = logging.getLogger(__name__)
 
 TANH_SCALE = 0.01
+#: The factor inside tanh of each tanh-type normalisation.
+TANH_FACTORS = {"tanh": TANH_SCALE, "tanh_f1": 1.0}
 _CLIP = 1e-6  # keeps logit/arctanh finite when a prediction reaches the bounds of (0, 1)
 
 
@@ -50,8 +53,8 @@ def forward(x: np.ndarray, mu: float, sd: float, method: str) -> np.ndarray:
         y = z
     elif method == "sigmoid":
         y = 0.5 * (1.0 + np.tanh(0.5 * z))  # = 1 / (1 + exp(-z)), overflow-free
-    elif method == "tanh":
-        y = 0.5 * (np.tanh(TANH_SCALE * z) + 1.0)
+    elif method in TANH_FACTORS:
+        y = 0.5 * (np.tanh(TANH_FACTORS[method] * z) + 1.0)
     else:
         raise ValueError(f"unknown normalisation {method!r}; expected one of {NORMALIZATIONS}")
     return y.astype(np.float32)
@@ -68,12 +71,45 @@ def inverse(y: np.ndarray, mu: float, sd: float, method: str) -> np.ndarray:
     elif method == "sigmoid":
         y = np.clip(y, _CLIP, 1 - _CLIP)
         z = np.log(y) - np.log1p(-y)
-    elif method == "tanh":
+    elif method in TANH_FACTORS:
         y = np.clip(y, _CLIP, 1 - _CLIP)
-        z = np.arctanh(2.0 * y - 1.0) / TANH_SCALE
+        z = np.arctanh(2.0 * y - 1.0) / TANH_FACTORS[method]
     else:
         raise ValueError(f"unknown normalisation {method!r}; expected one of {NORMALIZATIONS}")
     return (z * sd + mu).astype(np.float32)
+
+
+def slope(method: str) -> float:
+    """d forward / d z at the patient mean (z = 0): how many normalised units one patient sd is."""
+    if method == "zscore":
+        return 1.0
+    if method == "sigmoid":
+        return 0.25
+    if method in TANH_FACTORS:
+        return 0.5 * TANH_FACTORS[method]
+    raise ValueError(f"unknown normalisation {method!r}; expected one of {NORMALIZATIONS}")
+
+
+def pg_eps_for(method: str, pg_eps: float, scale: str = "slope") -> float:
+    """eq. 2's eps in the normalised units of ``method``: ``pg_eps`` (patient-sd units) times
+    :func:`slope` with ``scale="slope"``; ``pg_eps`` itself with ``scale="none"``.
+
+    Why: eps marks the gradient below which an edge counts as flat. A fixed eps in normalised
+    units is 4x larger relative to the tissue contrast under z-score than under sigmoid and 50x
+    larger under eq. 13's tanh (factor 0.01 squeezes the body into ~0.49-0.51), where 1e-3
+    exceeds most of the target's real gradients and eq. 2 stops being a normalised-gradient loss.
+    """
+    if scale == "none":
+        return float(pg_eps)
+    if scale != "slope":
+        raise ValueError(f"unknown pg_eps_scale {scale!r}; expected 'slope' or 'none'")
+    return float(pg_eps) * slope(method)
+
+
+def effective_pg_eps(variant: Any, train: Any) -> float:
+    """eq. 2's eps for ``variant`` (a :class:`vce.config.Variant`) under ``train`` (its
+    :class:`vce.config.TrainConfig`): :func:`pg_eps_for` of its normalisation."""
+    return pg_eps_for(variant.normalization, train.pg_eps, train.pg_eps_scale)
 
 
 def patient_stats(slices: np.ndarray, body: np.ndarray) -> tuple[float, float]:

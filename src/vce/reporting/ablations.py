@@ -241,7 +241,7 @@ class Roles:
 def _baseline(variants: Sequence[Variant], main: str) -> str | None:
     """Name of the first ``mmgsn`` variant other than main (None when there is none)."""
     seed = next((v.seed_offset for v in variants if v.name == main), 0)
-    baselines = [v for v in variants if v.model == "mmgsn" and v.name != main and v.seed_offset == seed]
+    baselines = [v for v in variants if v.model == "mmgsn" and v.name != main and v.seed_offset == seed and v.paper]
     if len(baselines) > 1:
         log.warning("several mmgsn variants %s; using %s as the baseline", [v.name for v in baselines], baselines[0].name)
     return baselines[0].name if baselines else None

@@ -70,6 +70,8 @@ class StudyData:
         if name in REFERENCE_LABELS:
             return "reference (not a model)" if name == ORACLE else "reference (not the paper's; no deep learning)"
         v = next(v for v in self.variants if v.name == name)
+        if not v.paper:
+            return "beyond the paper (not in the paper)"
         return "seed replicate (not in the paper)" if v.seed_offset else "paper variant"
 
     def label(self, name: str) -> str:

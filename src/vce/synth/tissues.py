@@ -81,8 +81,8 @@ TISSUES: dict[str, Tissue] = {
         _t("sinus", 1932, 275, 0.85, 0.58, "venous sinus blood, slower flow", flow_void=0.4, is_blood=True),
         _t(
             "enhancing", 1550, 95, 0.82, 0.40,
-            "enhancing viable tumour (assumed; within the ranges of Blystad 2017 synthetic MRI and Badve 2017 MRF: "
-            "cellular tumour has shorter T1/T2 than oedema; solid NPC ~T1 1.4-1.6 s, T2 80-100 ms); leaky: v_e ~0.4",
+            "enhancing viable tumour (assumed values; ordering WM < tumour < oedema in T1/T2 as in Blystad 2017 "
+            "synthetic MRI and Badve 2017 MRF); leaky: v_e ~0.4",
         ),
         _t(
             "nonenhancing", 1750, 125, 0.85, 0.04,

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from vce.config import TrainConfig, Variant
 from vce.losses import pixelwise_gradient_loss
+from vce.prep.normalization import effective_pg_eps
 from vce.tracking import Tracker
 from vce.training.data import SliceDataset
 from vce.training.montage import write_montage
@@ -114,7 +115,7 @@ class Monitor:
     def validate(self, iteration: int, G: nn.Module, D: nn.Module, run: RunState) -> dict[str, float]:
         """Validate ``G``, write its montage, keep it in ``run.best`` when it is the best so far."""
         assert self.val_data is not None
-        row = {"iteration": iteration} | validate_generator(G, self.val_data, self.device, self.cfg.pg_eps, self.val_range)
+        row = {"iteration": iteration} | validate_generator(G, self.val_data, self.device, effective_pg_eps(self.variant, self.cfg), self.val_range)
         run.val_rows.append(row)
         log.info("%s it %d validation: MAE %.4f SSIM %.4f pg %.4f", self.variant.name, iteration,
                  row["val_norm_mae"], row["val_norm_ssim"], row["val_norm_pg"])  # fmt: skip

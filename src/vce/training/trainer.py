@@ -46,6 +46,7 @@ from vce.config import TrainConfig, Variant
 from vce.losses import LossWeights
 from vce.models.checkpoint import build_from_spec, generator_spec, make_checkpoint
 from vce.models.factory import build_discriminator, count_parameters
+from vce.prep.normalization import effective_pg_eps
 from vce.tracking import Tracker
 from vce.training.data import SeededBatchSampler, training_sets
 from vce.training.distributed import DistContext, state_hash
@@ -153,7 +154,7 @@ class GanTrainer:
             ema.copy_from(G)
         self.step = GanStep(
             G, D, weights=LossWeights(v.lambda_pg, v.lambda_gan, v.lambda_l1), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-            gp_type=cfg.gp_type, gp_weight=cfg.gp_weight, pg_eps=cfg.pg_eps, precision=self.precision,
+            gp_type=cfg.gp_type, gp_weight=cfg.gp_weight, pg_eps=effective_pg_eps(v, cfg), precision=self.precision,
             dist=self.dist, ema=ema, gp_seed=_sub_seed(self.seed, 3), compile=cfg.compile, name=f"variant {v.name}",
         )  # fmt: skip
         self.sampler = SeededBatchSampler(len(self.data), cfg.batch_size, _sub_seed(self.seed, 1),
