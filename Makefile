@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE :=
 export PYTHONPYCACHEPREFIX := $(abspath $(VENV))/pycache
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test test-slow bench bench-short paper venv mlflow-ui compile dvc-repro clean
+.PHONY: demo study-mid test test-slow bench bench-short gpu-check paper venv mlflow-ui compile dvc-repro clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 required (set PY=python3.11)"'
@@ -27,6 +27,11 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/vce run --profile demo
+
+# The mid-size study that tests the paper's claims on one workstation (about 24 patients at 96x96,
+# 1,000 iterations, 14 trainings; ~60-90 min on 2 cores): results in outputs/study_mid/report.
+study-mid: $(STAMP)
+	$(BIN)/vce run --profile mid --data data_mid --out outputs/study_mid
 
 paper: $(STAMP)
 	$(BIN)/vce run --profile paper --data data_paper --out outputs/study_paper
@@ -43,6 +48,10 @@ bench: $(STAMP)
 
 bench-short: $(STAMP)
 	$(BIN)/python benchmarks/run.py --short
+
+# The GPU path measured (paper profile on CUDA, tiny on CPU; under 8 min): benchmarks/README.md.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --out outputs/gpu_check
 
 compile: $(STAMP)
 	$(BIN)/python -m pipelines.vce_study

@@ -30,7 +30,9 @@ def test_equations_11_to_13():
 def test_pg_eps_follows_the_normalisation_slope(method):
     """pg_eps_for: eps in patient-sd units times d forward / d z at the mean, checked against a
     central difference of forward itself; "none" leaves eps as given."""
-    from vce.prep.normalization import pg_eps_for, slope
+    from vce.losses import NORMALIZATION_SLOPES, pg_eps_for
+
+    slope = NORMALIZATION_SLOPES.get
 
     mu, sd, h = 500.0, 100.0, 1e-3
     numeric = (forward(np.array([mu + h * sd]), mu, sd, method).astype(np.float64)
@@ -40,6 +42,7 @@ def test_pg_eps_follows_the_normalisation_slope(method):
     assert pg_eps_for(method, 4e-3, "none") == 4e-3
     with pytest.raises(ValueError):
         pg_eps_for(method, 4e-3, "other")
+    assert set(NORMALIZATION_SLOPES) == set(__import__('vce.config', fromlist=['x']).NORMALIZATIONS)
 
 
 def test_pg_eps_keeps_the_sigmoid_variants_and_scales_tanh():
@@ -47,7 +50,7 @@ def test_pg_eps_keeps_the_sigmoid_variants_and_scales_tanh():
     body spans ~0.03, where 1e-3 would exceed most real gradients)."""
     from conftest import ROOT
     from vce.config import load_config
-    from vce.prep.normalization import effective_pg_eps
+    from vce.losses import effective_pg_eps
 
     cfg = load_config(ROOT / "params.yaml", "demo")
     assert effective_pg_eps(cfg.variant("pgmgvce_main"), cfg.train) == pytest.approx(1e-3)

@@ -108,16 +108,51 @@ def test_predict_new_patient(study, tiny_cohort, tmp_path):
     assert rc == 2 and not (tmp_path / "x.nii.gz").exists()
 
 
-def test_main_variant_registered_as_champion(study, tiny_cfg):
-    """Every variant's generator is an MLflow model; the main one is registered with @champion and
-    loads as a pyfunc (from code, weights_only checkpoint) honouring its signature."""
+def _best_by_the_evaluation_csvs(study, cfg) -> tuple[str, float]:
+    """The variant with the best mean of ``study.champion_metric`` over the test patients of its
+    evaluation's metrics_patients.csv (ties: first name), computed here from the files."""
+    import json
+
+    means = {}
+    for f in (study["work"] / "out" / "kfp").rglob("metrics_patients.csv"):
+        info = json.loads((f.parent / "variant.json").read_text())
+        if info.get("name") in {v.name for v in cfg.variants} and "reference" not in info:
+            col = pd.read_csv(f)[cfg.study.champion_metric]
+            if col.notna().any():
+                means[info["name"]] = float(col.mean())
+    assert set(means) == {v.name for v in cfg.variants}
+    sign = 1 if cfg.study.champion_goal == "min" else -1
+    best = min(means, key=lambda n: (sign * means[n], n))
+    return best, means[best]
+
+
+def test_champion_is_the_best_evaluated_variant(study, tiny_cfg):
+    """Every variant's generator is an MLflow model; after evaluation the one best on
+    study.champion_metric (per the evaluation CSVs) is registered with @champion, tagged with why,
+    and loads as a pyfunc (from code, weights_only checkpoint) honouring its signature."""
+    import json
+
     import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(study["uri"])
     mv = client.get_model_version_by_alias("vce-pgmgvce-tiny", "champion")
     run = client.get_run(mv.run_id)
-    assert run.data.tags["vce.variant"] == "pgmgvce_main"
+    best, value = _best_by_the_evaluation_csvs(study, tiny_cfg)
+    assert run.data.tags["vce.variant"] == best == mv.tags["vce.variant"]
+    assert mv.tags["vce.champion_metric"] == tiny_cfg.study.champion_metric
+    assert float(mv.tags["vce.champion_value"]) == pytest.approx(value, rel=1e-5)
+    reason = mv.tags["vce.champion_reason"]
+    assert reason.startswith(("lowest" if tiny_cfg.study.champion_goal == "min" else "highest")
+                             + f" mean {tiny_cfg.study.champion_metric} over ") and "runner-up" in reason
+    assert mv.source == run.data.tags["vce.model_uri"]
+    versions = client.search_model_versions("name = 'vce-pgmgvce-tiny'")
+    assert len(versions) == 1  # training registers nothing; compare registered the champion once
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["vce.champion"] == best and parent.data.tags["vce.champion_reason"] == reason
+    doc = json.loads((study["report"] / "champion.json").read_text())
+    assert doc["variant"] == best and doc["reason"] == reason
+    assert f"`{best}`: {reason}" in (study["report"] / "summary.md").read_text()
     children = client.search_runs([run.info.experiment_id], filter_string="tags.`vce.variant` != ''")
     assert len(children) == len(tiny_cfg.variants) and all("vce.model_uri" in c.data.tags for c in children)
     import mlflow
@@ -126,12 +161,13 @@ def test_main_variant_registered_as_champion(study, tiny_cfg):
     model = mlflow.pyfunc.load_model("models:/vce-pgmgvce-tiny@champion")
     inputs = model.metadata.signature.inputs.to_dict()[0]
     s = tiny_cfg.split.image_size
-    assert list(inputs["tensor-spec"]["shape"]) == [-1, 2, s, s]
-    x = np.random.default_rng(0).uniform(0, 1, (3, 2, s, s)).astype(np.float32)
+    m = len(tiny_cfg.variant(best).modalities)  # a single-modality variant can be the champion
+    assert list(inputs["tensor-spec"]["shape"]) == [-1, m, s, s]
+    x = np.random.default_rng(0).uniform(0, 1, (3, m, s, s)).astype(np.float32)
     y = model.predict(x)
     assert y.shape == (3, 1, s, s) and np.isfinite(y).all()
     with pytest.raises(Exception):
-        model.predict(x[:, :1])  # wrong number of modalities violates the signature
+        model.predict(np.concatenate([x, x], axis=1))  # wrong number of modalities violates the signature
 
 
 def test_predict_from_registry_matches_checkpoint(study, tiny_cohort, tmp_path, monkeypatch, request):

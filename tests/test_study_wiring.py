@@ -25,8 +25,9 @@ def test_compare_passes_main_variant(tiny_cfg, tmp_path, monkeypatch):
     from vce.reporting import study
 
     seen = {}
-    monkeypatch.setattr(study, "build_report", lambda dirs, variants, out, cfg, reference=None:
-                        seen.update(main=cfg.study.main_variant, dirs=dirs) or study.Report({}, {"variants": {}}))
+    monkeypatch.setattr(study, "build_report", lambda dirs, variants, out, cfg, reference=None, champion=None:
+                        seen.update(main=cfg.study.main_variant, dirs=dirs, champion=champion)
+                        or study.Report({}, {"variants": {}}))
     for v in tiny_cfg.variants[:3]:
         (tmp_path / v.name).mkdir()
         (tmp_path / v.name / "variant.json").write_text(v.to_json())
@@ -34,16 +35,19 @@ def test_compare_passes_main_variant(tiny_cfg, tmp_path, monkeypatch):
     steps.compare([tmp_path / v.name for v in tiny_cfg.variants[:3]], tmp_path / "report", cfg)
     assert seen["main"] == "ratio_1to10"  # not the first variant of params.yaml
     assert list(seen["dirs"]) == [v.name for v in tiny_cfg.variants[:3]]
+    # no metrics_patients.csv in these directories: no champion, said so (vce.champion)
+    assert seen["champion"]["variant"] is None and set(seen["champion"]["skipped"]) == set(seen["dirs"])
 
 
-@pytest.mark.parametrize("name, registered", [("ratio_10to1", True), ("pgmgvce_main", False)])
-def test_only_the_main_variant_is_registered(tiny_cfg, tmp_path, monkeypatch, name, registered):
+@pytest.mark.parametrize("name", ["ratio_10to1", "pgmgvce_main"])
+def test_training_registers_no_variant(tiny_cfg, tmp_path, monkeypatch, name):
+    """Training logs every variant's model to its run; the registry's champion is chosen after evaluation."""
     from vce import steps, tracking
 
     calls = {}
 
-    def fake_log(tracker, checkpoint, image_size, n_modalities, registered_name=None):
-        calls["registered_name"] = registered_name
+    def fake_log(tracker, checkpoint, image_size, n_modalities):
+        calls["n_modalities"] = n_modalities
         return {"model_uri": "runs:/x/model"}
 
     class Tracker:
@@ -53,7 +57,10 @@ def test_only_the_main_variant_is_registered(tiny_cfg, tmp_path, monkeypatch, na
     monkeypatch.setattr(tracking, "log_generator_model", fake_log)
     cfg = _with_main(tiny_cfg, "ratio_10to1")
     steps._log_model(Tracker(), tmp_path, cfg, cfg.variant(name))
-    assert calls["registered_name"] == (tracking.registered_model_name(cfg.profile) if registered else None)
+    assert calls["tags"] == {"vce.model_uri": "runs:/x/model"} and calls["n_modalities"] == 2
+    import inspect
+
+    assert "registered_name" not in inspect.signature(tracking.log_generator_model).parameters
 
 
 def test_loop_items_come_from_the_params_text():
@@ -66,7 +73,10 @@ def test_loop_items_come_from_the_params_text():
     cfg = load_config_text(d["params_yaml"], "tiny")
     assert items == [v.to_json() for v in cfg.variants]
     text = (ROOT / "params.yaml").read_text()
-    fewer = text.replace("  t2_only: {", "  #t2_only: {").replace("  t1_only: {", "  #t1_only: {")
+    head, tiny = text.split("  tiny:\n")
+    tiny = tiny.replace(" t1_only, t2_only,", "", 1)  # tiny's study.variants without them
+    assert tiny != text.split("  tiny:\n")[1]
+    fewer = head + "  tiny:\n" + tiny
     names = [json.loads(i)["name"] for i in variants_op.python_func(fewer, "tiny")]
     assert names == [v.name for v in cfg.variants if v.name not in ("t1_only", "t2_only")]
 

@@ -31,6 +31,9 @@ __all__ = [
     "r1_penalty",
     "wgan_gp_penalty",
     "l1_loss",
+    "NORMALIZATION_SLOPES",
+    "pg_eps_for",
+    "effective_pg_eps",
     "LossWeights",
     "generator_objective",
     "discriminator_objective",
@@ -86,6 +89,37 @@ def pixelwise_gradient_loss(output: torch.Tensor, target: torch.Tensor, eps: flo
     tx, ty = normalized_gradients(target, eps)
     dot = ox * tx + oy * ty
     return -(dot * dot).mean()
+
+
+#: d normalised / d z at the patient mean (z = 0) of each normalisation of ``vce.prep.normalization``
+#: (eq. 11-13 and tanh factor 1): how many normalised units one patient sd is
+#: (``tests/test_normalization.py`` checks each against a central difference of ``forward``).
+NORMALIZATION_SLOPES = {"zscore": 1.0, "sigmoid": 0.25, "tanh": 0.5 * 0.01, "tanh_f1": 0.5}
+
+
+def pg_eps_for(method: str, pg_eps: float, scale: str = "slope") -> float:
+    """eq. 2's eps in the normalised units of ``method``: ``pg_eps`` (patient-sd units) times the
+    normalisation's slope (:data:`NORMALIZATION_SLOPES`) with ``scale="slope"``; ``pg_eps`` itself
+    with ``scale="none"``.
+
+    Why: eps marks the gradient below which an edge counts as flat. A fixed eps in normalised
+    units is 4x larger relative to the tissue contrast under z-score than under sigmoid, and 50x
+    larger under eq. 13's tanh (factor 0.01 squeezes the body into ~0.49-0.51), where 1e-3
+    exceeds most of the target's real gradients and eq. 2 stops being a normalised-gradient loss.
+    """
+    if scale == "none":
+        return float(pg_eps)
+    if scale != "slope":
+        raise ValueError(f"unknown pg_eps_scale {scale!r}; expected 'slope' or 'none'")
+    if method not in NORMALIZATION_SLOPES:
+        raise ValueError(f"unknown normalisation {method!r}; expected one of {tuple(NORMALIZATION_SLOPES)}")
+    return float(pg_eps) * NORMALIZATION_SLOPES[method]
+
+
+def effective_pg_eps(variant, train) -> float:
+    """eq. 2's eps for ``variant`` (a :class:`vce.config.Variant`) under ``train`` (its
+    :class:`vce.config.TrainConfig`): :func:`pg_eps_for` of its normalisation."""
+    return pg_eps_for(variant.normalization, train.pg_eps, train.pg_eps_scale)
 
 
 def lsgan_d_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:

@@ -134,14 +134,11 @@ def train(
 
 
 def _log_model(tracker: MlflowTracker, run_dir: Path, cfg: Config, v: Variant) -> None:
-    """Log the generator as an MLflow model; the study's main variant (``study.main_variant``)
-    also becomes a new version of ``vce-pgmgvce-<profile>`` with the alias ``champion``."""
-    from .tracking import log_generator_model, registered_model_name
+    """Log the generator as an MLflow model to the variant's run (tag ``vce.model_uri``). Nothing is
+    registered here: :func:`compare` promotes the variant that is best after evaluation."""
+    from .tracking import log_generator_model
 
-    info = log_generator_model(
-        tracker, run_dir / "checkpoint.pt", cfg.split.image_size, len(v.modalities),
-        registered_name=registered_model_name(cfg.profile) if v.name == cfg.study.main_variant else None,
-    )
+    info = log_generator_model(tracker, run_dir / "checkpoint.pt", cfg.split.image_size, len(v.modalities))
     tracker.set_tags({"vce.model_uri": info["model_uri"]})
 
 
@@ -174,9 +171,18 @@ def compare(
     parent_run_id: str | None = None, reference: str | Path | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The report from evaluation directories (each holds ``variant.json``) and the reference rows:
-    tables, ``metrics.json``, verdicts, figures, ``report.html``; logged to the study's parent run."""
-    from .reporting.study import build_report
+    tables, ``metrics.json``, verdicts, figures, ``report.html``; logged to the study's parent run.
 
+    The champion (:mod:`vce.champion`): the variant best on ``study.champion_metric`` /
+    ``champion_goal`` is written to ``champion.json`` (and ``summary.md``); with a tracking URI and
+    parent run, its logged model (found in the study's child runs) becomes a new version of
+    ``vce-pgmgvce-<profile>`` with the alias ``champion``, tagged (and the parent run too) with why."""
+    from . import champion as ch
+    from .reporting.study import build_report
+    from .tracking import CHAMPION_ALIAS, promote_champion, registered_model_name, variant_models
+
+    study = cfg.study
+    ch.check_metric(study.champion_metric)
     dirs: dict[str, Path] = {}
     variants = []
     for d in eval_dirs:
@@ -184,10 +190,26 @@ def compare(
         v = Variant.from_json((d / "variant.json").read_text())
         dirs[v.name] = d
         variants.append(v)
-    report = build_report(dirs, variants, out, cfg, reference=Path(reference) if reference else None)
-    if parent_run_id and tracking_uri:
+    tracked = bool(parent_run_id and tracking_uri)
+    models = variant_models(tracking_uri, parent_run_id) if tracked else {}
+    values, skipped = ch.read_metric(dirs, study.champion_metric)
+    if tracked:
+        skipped.update({n: "no model logged in the study's MLflow runs" for n in dirs if n not in models and n not in skipped})
+    champ = ch.choose_champion(values, study.champion_metric, study.champion_goal, skipped=skipped,
+                               level=cfg.evaluate.ci_level, n_resamples=cfg.evaluate.bootstrap, seed=cfg.seed)
+    name = registered_model_name(cfg.profile)
+    doc = champ.to_dict() if champ else ch.no_champion(study.champion_metric, study.champion_goal, skipped)
+    doc["registered_model"] = f"models:/{name}@{CHAMPION_ALIAS}" if tracked and champ else None
+    doc["model_uri"] = models[champ.variant]["model_uri"] if tracked and champ else None
+    report = build_report(dirs, variants, out, cfg, reference=Path(reference) if reference else None, champion=doc)
+    if tracked:
         tr = MlflowTracker(tracking_uri, parent_run_id)
         tr.log_metrics(report.parent_metrics())
+        if champ:
+            m = models[champ.variant]
+            version = promote_champion(tracking_uri, name, m["model_uri"], m["run_id"], champ.tags())
+            tr.set_tags({**{k: v for k, v in champ.tags().items() if k != "vce.variant"},
+                         "vce.champion": champ.variant, "vce.champion_version": str(version)})
         for f in sorted(Path(out).iterdir()):
             if f.is_file():
                 tr.log_artifact(f, "report")

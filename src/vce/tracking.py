@@ -162,21 +162,20 @@ PYFUNC_CODE = Path(__file__).with_name("mlflow_pyfunc.py")
 
 
 def registered_model_name(profile: str) -> str:
-    """Registry name of the study's main model for a profile, e.g. ``vce-pgmgvce-demo``."""
+    """Registry name of the study's deployable model for a profile, e.g. ``vce-pgmgvce-demo``; its
+    alias ``champion`` is moved by :func:`promote_champion` (``vce compare``)."""
     return f"vce-pgmgvce-{profile}"
 
 
 def log_generator_model(
     tracker: MlflowTracker, checkpoint: str | Path, image_size: int, n_modalities: int,
-    registered_name: str | None = None, alias: str | None = CHAMPION_ALIAS,
 ) -> dict[str, Any]:
     """Log a trained generator to ``tracker``'s run as an MLflow pyfunc model (from code).
 
     The model is ``mlflow_pyfunc.py`` + the checkpoint (plain tensors, loaded with
     ``weights_only=True``) with signature ``float32 (-1, n_modalities, S, S) -> (-1, 1, S, S)``.
-    With ``registered_name`` it also becomes a new version of that registered model and gets
-    ``alias`` (default ``champion``), so ``models:/<name>@champion`` resolves to it.
-    Returns ``{"model_uri", "registered_name", "version"}``.
+    Nothing is registered here: after evaluation :func:`promote_champion` registers the best
+    variant's logged model. Returns ``{"model_uri"}``.
     """
     import mlflow
     import mlflow.pyfunc
@@ -201,24 +200,58 @@ def log_generator_model(
             )
 
     info = _retry(go, "log model")
-    out: dict[str, Any] = {"model_uri": info.model_uri, "registered_name": None, "version": None}
-    if registered_name:
-        client = tracker.client
+    return {"model_uri": info.model_uri}
 
-        def reg() -> Any:
-            try:
-                client.create_registered_model(registered_name)
-            except Exception as exc:  # already exists
-                if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
-                    raise
-            return client.create_model_version(registered_name, info.model_uri, run_id=tracker.run_id)
 
-        mv = _retry(reg, "register model")
-        if alias:
-            _retry(lambda: client.set_registered_model_alias(registered_name, alias, mv.version), "set alias")
-        out.update(registered_name=registered_name, version=int(mv.version))
-        logger.info("registered %s version %s%s", registered_name, mv.version, f" as @{alias}" if alias else "")
+def variant_models(tracking_uri: str, parent_run_id: str) -> dict[str, dict[str, str]]:
+    """``{variant: {"run_id", "model_uri"}}`` of the study's finished child runs that logged a
+    generator (tags ``vce.variant``, ``vce.model_uri``); the newest run when a variant has several."""
+    runs = _retry(lambda: study_runs(tracking_uri, parent_run_id), "search runs")
+    out: dict[str, dict[str, str]] = {}
+    for r in sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)):
+        tags = r.data.tags
+        if r.info.status == "FINISHED" and tags.get("vce.variant") and tags.get("vce.model_uri"):
+            out[tags["vce.variant"]] = {"run_id": r.info.run_id, "model_uri": tags["vce.model_uri"]}
     return out
+
+
+def promote_champion(
+    tracking_uri: str, registered_name: str, model_uri: str, run_id: str, tags: dict[str, str],
+    alias: str = CHAMPION_ALIAS,
+) -> int:
+    """Make the logged model ``model_uri`` (of run ``run_id``) the registered model's ``alias``.
+
+    It becomes a new version of ``registered_name`` (created if needed), unless a version of that
+    run with that source exists already (a rerun of ``vce compare``: that version is reused). The
+    version gets ``tags`` (which variant and why, :meth:`vce.champion.Champion.tags`) and the
+    reason (``tags["vce.champion_reason"]``) as its description; ``alias`` then points to it.
+    Returns the version number.
+    """
+    client = _client(tracking_uri)
+
+    def reg() -> Any:
+        try:
+            client.create_registered_model(registered_name)
+        except Exception as exc:  # already exists
+            if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                raise
+        same = [mv for mv in client.search_model_versions(f"name = '{registered_name}' and run_id = '{run_id}'")
+                if mv.source == model_uri]
+        if same:
+            return max(same, key=lambda mv: int(mv.version))
+        return client.create_model_version(registered_name, model_uri, run_id=run_id)
+
+    mv = _retry(reg, "register model")
+    version = str(mv.version)
+    for k, v in tags.items():
+        _retry(lambda: client.set_model_version_tag(registered_name, version, k, v), "tag model version")
+    if tags.get("vce.champion_reason"):
+        _retry(lambda: client.update_model_version(registered_name, version, description=tags["vce.champion_reason"]),
+               "describe model version")
+    _retry(lambda: client.set_registered_model_alias(registered_name, alias, version), "set alias")
+    logger.info("registered %s version %s as @%s (%s)", registered_name, version, alias,
+                tags.get("vce.champion_reason", "no reason given"))
+    return int(version)
 
 
 def _model_source(uri_text: str, tracking_uri: str) -> str:

@@ -79,39 +79,6 @@ def inverse(y: np.ndarray, mu: float, sd: float, method: str) -> np.ndarray:
     return (z * sd + mu).astype(np.float32)
 
 
-def slope(method: str) -> float:
-    """d forward / d z at the patient mean (z = 0): how many normalised units one patient sd is."""
-    if method == "zscore":
-        return 1.0
-    if method == "sigmoid":
-        return 0.25
-    if method in TANH_FACTORS:
-        return 0.5 * TANH_FACTORS[method]
-    raise ValueError(f"unknown normalisation {method!r}; expected one of {NORMALIZATIONS}")
-
-
-def pg_eps_for(method: str, pg_eps: float, scale: str = "slope") -> float:
-    """eq. 2's eps in the normalised units of ``method``: ``pg_eps`` (patient-sd units) times
-    :func:`slope` with ``scale="slope"``; ``pg_eps`` itself with ``scale="none"``.
-
-    Why: eps marks the gradient below which an edge counts as flat. A fixed eps in normalised
-    units is 4x larger relative to the tissue contrast under z-score than under sigmoid and 50x
-    larger under eq. 13's tanh (factor 0.01 squeezes the body into ~0.49-0.51), where 1e-3
-    exceeds most of the target's real gradients and eq. 2 stops being a normalised-gradient loss.
-    """
-    if scale == "none":
-        return float(pg_eps)
-    if scale != "slope":
-        raise ValueError(f"unknown pg_eps_scale {scale!r}; expected 'slope' or 'none'")
-    return float(pg_eps) * slope(method)
-
-
-def effective_pg_eps(variant: Any, train: Any) -> float:
-    """eq. 2's eps for ``variant`` (a :class:`vce.config.Variant`) under ``train`` (its
-    :class:`vce.config.TrainConfig`): :func:`pg_eps_for` of its normalisation."""
-    return pg_eps_for(variant.normalization, train.pg_eps, train.pg_eps_scale)
-
-
 def patient_stats(slices: np.ndarray, body: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation (scanner units) of ``slices`` over the ``body`` voxels."""
     v = np.asarray(slices, dtype=np.float64)[np.asarray(body, dtype=bool)]

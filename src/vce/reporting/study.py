@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from vce.config import Config, Variant
-from vce.io.atomic import atomic_dir
+from vce.io.atomic import atomic_dir, write_json
 from vce.reporting import protocol
 from vce.reporting.ablations import derive_roles
 from vce.reporting.loading import load_patient_metrics
@@ -185,8 +185,9 @@ def _git_commit() -> str | None:
 
 
 def build_report(eval_dirs: Mapping[str, Path], variants: Sequence[Variant], out_dir: str | Path, cfg: Config,
-                 reference: Path | None = None) -> Report:
-    """Every table, ``metrics.json``, verdicts, figures, ``summary.md`` and ``report.html`` in ``out_dir`` (atomic)."""
+                 reference: Path | None = None, champion: Mapping[str, Any] | None = None) -> Report:
+    """Every table, ``metrics.json``, verdicts, figures, ``summary.md`` and ``report.html`` in ``out_dir`` (atomic);
+    with ``champion`` (:mod:`vce.champion`'s document) also ``champion.json`` and a section of ``summary.md`` naming it."""
     from vce.reporting import report_files
 
     variants = [Variant.from_any(v) for v in variants]
@@ -201,4 +202,12 @@ def build_report(eval_dirs: Mapping[str, Path], variants: Sequence[Variant], out
     doc = metrics_document(data, comp, verdict_rows, prov)
     with atomic_dir(out_dir) as tmp:
         report_files.write_all(tmp, tables, doc, verdict_rows, data, eval_dirs, reference, cfg)
+        if champion is not None:
+            write_json(tmp / "champion.json", _clean(dict(champion)))
+            who = f"`{champion['variant']}`: " if champion.get("variant") else ""
+            where = (f"MLflow registry: `{champion['registered_model']}`" if champion.get("registered_model")
+                     else "not registered (no MLflow tracking)")
+            with open(tmp / "summary.md", "a", encoding="utf-8") as f:
+                f.write(f"\n## Champion\n\n{who}{champion.get('reason', '')}. Chosen on study.champion_metric / "
+                        f"champion_goal (params.yaml); {where}; details: champion.json.\n")
     return Report(tables, doc, verdict_rows, cfg.study.main_variant)

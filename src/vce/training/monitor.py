@@ -25,8 +25,7 @@ import torch
 import torch.nn as nn
 
 from vce.config import TrainConfig, Variant
-from vce.losses import pixelwise_gradient_loss
-from vce.prep.normalization import effective_pg_eps
+from vce.losses import effective_pg_eps, pixelwise_gradient_loss
 from vce.tracking import Tracker
 from vce.training.data import SliceDataset
 from vce.training.montage import write_montage

@@ -43,10 +43,9 @@ import numpy as np
 import torch
 
 from vce.config import TrainConfig, Variant
-from vce.losses import LossWeights
+from vce.losses import LossWeights, effective_pg_eps
 from vce.models.checkpoint import build_from_spec, generator_spec, make_checkpoint
 from vce.models.factory import build_discriminator, count_parameters
-from vce.prep.normalization import effective_pg_eps
 from vce.tracking import Tracker
 from vce.training.data import SeededBatchSampler, training_sets
 from vce.training.distributed import DistContext, state_hash
