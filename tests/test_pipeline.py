@@ -30,7 +30,12 @@ def test_dag_shape():
     from components.training import variants_op
 
     variants = variants_op.python_func(params["params_yaml"]["defaultValue"], params["profile"]["defaultValue"])
-    assert len(variants) == 10  # the paper's 8 and the seed replicates of main and baseline
+    from vce.config import load_config_text
+
+    cfg = load_config_text(params["params_yaml"]["defaultValue"], params["profile"]["defaultValue"])
+    # the profile's study.variants: the paper's 8, seed replicates of main and baseline, the extras
+    assert [__import__("json").loads(v)["name"] for v in variants] == [v.name for v in cfg.variants]
+    assert sum(v.paper and not v.seed_offset for v in cfg.variants) == 8 and any(not v.paper for v in cfg.variants)
     # training asks for a GPU on the cluster
     k8s = yaml.safe_dump(spec)
     assert "nvidia.com/gpu" in k8s

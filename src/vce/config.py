@@ -408,7 +408,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
-    variants: tuple[Variant, ...] = ()
+    variants: tuple[Variant, ...] = ()  # the profile's study (``study.variants``; all when empty)
+    #: every variant of the file (``variants`` + ``extra_variants``): any of them can be trained by
+    #: name (``vce train --variant``, DVC's stages), whatever the profile's study runs
+    catalogue: tuple[Variant, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"profiles.{self.profile}"
@@ -419,14 +422,17 @@ class Config:
                               f"(got {self.study.main_variant!r})")
 
     def variant(self, name: str) -> Variant:
-        for v in self.variants:
+        """The variant ``name``: of the study, else of the file's catalogue."""
+        for v in (*self.variants, *self.catalogue):
             if v.name == name:
                 return v
-        raise ConfigError(f"no variant named {name!r}; known: {[v.name for v in self.variants]}")
+        known = list(dict.fromkeys(v.name for v in (*self.variants, *self.catalogue)))
+        raise ConfigError(f"no variant named {name!r}; known: {known}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["variants"] = [v.to_dict() for v in self.variants]
+        d.pop("catalogue", None)
         return d
 
 
@@ -499,9 +505,10 @@ def load_config_text(text: str, profile: str | None = None, source: str = "param
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}")
     built = {k: _build(c, _mapping(p.get(k), f"{where}.{k}"), f"{where}.{k}") for k, c in SECTIONS.items()}
-    variants = _select(_variants(raw, source), tuple(built["study"].variants), where)
+    catalogue = _variants(raw, source)
+    variants = _select(catalogue, tuple(built["study"].variants), where)
     try:
-        return Config(profile=profile, seed=p.get("seed", 0), variants=variants, **built)
+        return Config(profile=profile, seed=p.get("seed", 0), variants=variants, catalogue=catalogue, **built)
     except ConfigError as exc:
         raise ConfigError(f"{source}:{exc}") from None
 
