@@ -48,8 +48,9 @@ def summary_markdown(tables: Mapping[str, pd.DataFrame], verdict_rows: list[dict
         "# VCE study: comparison report\n",
         "All values are mean ± sd (sample sd) over test patients (n), each patient being the mean over its "
         "scored slices (complete field of view); MAE/MSE and levels in 12-bit scanner units on the T2 grid; "
-        f"model grid {prov.get('grid', {}).get('image_size')} px. Rows marked as references or seed replicates "
-        "are not the paper's. Definitions: docs/metrics.md. Machine-readable: metrics.json.\n",
+        f"model grid {prov.get('grid', {}).get('image_size')} px. Rows marked as references, seed replicates or "
+        "beyond the paper are not the paper's. Definitions: docs/metrics.md. Machine-readable: metrics.json.\n",
+        _not_run_note(prov),
         verdicts_markdown(verdict_rows),
     ]
     for name in ordered(tables):
@@ -57,11 +58,25 @@ def summary_markdown(tables: Mapping[str, pd.DataFrame], verdict_rows: list[dict
     return "\n".join(parts)
 
 
-def _cases(eval_dirs: Mapping[str, Path], data: StudyData, reference: Path | None) -> list[Any]:
-    """One figure case per test patient: inputs, truth and the main, baseline and reference predictions."""
+def _not_run_note(prov: Mapping[str, Any]) -> str:
+    """A line naming the variants of params.yaml this profile's study did not run (``study.variants``)."""
+    skipped = prov.get("variants_not_run") or []
+    if not skipped:
+        return ""
+    return (f"This profile ({prov.get('profile')}) runs {prov.get('n_variants_run')} of the "
+            f"{prov.get('n_variants_run', 0) + len(skipped)} variants of params.yaml (`study.variants`); not run here: "
+            f"{', '.join(skipped)} (the mid profile, `make study-mid`, runs them all).\n")
+
+
+def _cases(eval_dirs: Mapping[str, Path], data: StudyData, reference: Path | None,
+           champion: str | None = None) -> list[Any]:
+    """One figure case per test patient: inputs, truth and the main, baseline, champion (the
+    registry's best variant, when it is another) and reference predictions."""
     sources = {data.roles.main: eval_dirs[data.roles.main]}
     if data.roles.baseline:
         sources[data.roles.baseline] = eval_dirs[data.roles.baseline]
+    if champion and champion in eval_dirs and champion not in sources:
+        sources[f"{champion} (champion)"] = eval_dirs[champion]
     if reference is not None and (reference / LEARNABILITY / "cases.npz").is_file():
         sources[REFERENCE_LABELS[LEARNABILITY]] = reference / LEARNABILITY
     npz = {name: np.load(d / "cases.npz") for name, d in sources.items() if (d / "cases.npz").is_file()}
@@ -88,7 +103,7 @@ def _psd(eval_dirs: Mapping[str, Path], data: StudyData) -> dict[str, pd.DataFra
 
 
 def write_figures(tmp: Path, tables: Mapping[str, pd.DataFrame], data: StudyData, eval_dirs: Mapping[str, Path],
-                  reference: Path | None) -> list[Path]:
+                  reference: Path | None, champion: str | None = None) -> list[Path]:
     """Every figure of the report; returns their paths in report order."""
     out = []
     if paper.OVERVIEW in tables:
@@ -100,7 +115,7 @@ def write_figures(tmp: Path, tables: Mapping[str, pd.DataFrame], data: StudyData
     roles = {data.label(n): ("reference" if n in REFERENCE_LABELS else "main" if n == data.roles.main
                              else "baseline" if n == data.roles.baseline else "") for n in order}
     out.append(figures.plot_boxplots(per_patient, BOX_METRICS, tmp / "boxplots.png", roles=roles))
-    cases = _cases(eval_dirs, data, reference)
+    cases = _cases(eval_dirs, data, reference, champion)
     if cases:
         out.append(figures.plot_case_montage(cases, tmp / "cases.png"))
         out.append(figures.plot_intensity_profile(max(cases, key=lambda c: int(c.tumour.sum())), tmp / "profile.png"))
@@ -139,13 +154,14 @@ def _html(tmp: Path, tables: Mapping[str, pd.DataFrame], verdict_rows: list[dict
 
 
 def write_all(tmp: Path, tables: Mapping[str, pd.DataFrame], doc: dict[str, Any], verdict_rows: list[dict[str, str]],
-              data: StudyData, eval_dirs: Mapping[str, Path], reference: Path | None, cfg: Config) -> None:
-    """Every report file into ``tmp``."""
+              data: StudyData, eval_dirs: Mapping[str, Path], reference: Path | None, cfg: Config,
+              champion: str | None = None) -> None:
+    """Every report file into ``tmp``; ``champion``: the registry's best variant (shown in the case figure)."""
     for name in ordered(tables):
         df = tables[name]
         df.to_csv(tmp / f"{name}.csv", index=True)
         (tmp / f"{name}.md").write_text(to_markdown(name, df, level=1), encoding="utf-8")
     (tmp / "summary.md").write_text(summary_markdown(tables, verdict_rows, doc), encoding="utf-8")
     write_json(tmp / "metrics.json", doc)
-    figs = write_figures(tmp, tables, data, eval_dirs, reference)
+    figs = write_figures(tmp, tables, data, eval_dirs, reference, champion)
     _html(tmp, tables, verdict_rows, figs, doc, cfg)

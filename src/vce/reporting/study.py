@@ -170,7 +170,9 @@ def provenance(cfg: Config, split: dict) -> dict[str, Any]:
     return {"code_version": __version__, "git_commit": _git_commit(), "profile": cfg.profile, "seed": cfg.seed,
             "split_id": split.get("split_id"), "grid": {"image_size": cfg.split.image_size,
                                                          "synth_matrix": list(cfg.synth.matrix)},
-            "test_patients": (split.get("patients") or {}).get("test"), "evaluate": cfg.evaluate.__dict__}
+            "test_patients": (split.get("patients") or {}).get("test"), "evaluate": cfg.evaluate.__dict__,
+            "n_variants_run": len(cfg.variants),
+            "variants_not_run": [v.name for v in cfg.catalogue if v.name not in {x.name for x in cfg.variants}]}
 
 
 def _git_commit() -> str | None:
@@ -201,7 +203,8 @@ def build_report(eval_dirs: Mapping[str, Path], variants: Sequence[Variant], out
     prov = provenance(cfg, split)
     doc = metrics_document(data, comp, verdict_rows, prov)
     with atomic_dir(out_dir) as tmp:
-        report_files.write_all(tmp, tables, doc, verdict_rows, data, eval_dirs, reference, cfg)
+        report_files.write_all(tmp, tables, doc, verdict_rows, data, eval_dirs, reference, cfg,
+                               champion=(champion or {}).get("variant"))
         if champion is not None:
             write_json(tmp / "champion.json", _clean(dict(champion)))
             who = f"`{champion['variant']}`: " if champion.get("variant") else ""
