@@ -100,13 +100,26 @@ TEXTURE_TABLE = MainVsBaseline(
 )
 
 
+def _kind(v: Variant | None) -> str:
+    """Whether a row is the paper's: paper variant, seed replicate or beyond the paper; '' for a reference."""
+    if v is None:
+        return "reference (not a model of the paper)"
+    if not v.paper:
+        return "beyond the paper (not in the paper)"
+    return "seed replicate (not in the paper)" if v.seed_offset else "paper variant"
+
+
 def _overview(
-    roles: Roles, names: Sequence[str], data: Mapping[str, pd.DataFrame], n_slices: Mapping[str, int]
+    roles: Roles, names: Sequence[str], data: Mapping[str, pd.DataFrame], n_slices: Mapping[str, int],
+    variants: Mapping[str, Variant] | None = None,
 ) -> pd.DataFrame:
-    """One row per evaluated variant: its role, every metric's mean ± sd, n patients, n slices."""
+    """One row per evaluated variant: its role and kind (paper variant, seed replicate, beyond the
+    paper, reference), every metric's mean ± sd, n patients, n slices."""
     rows = {}
+    variants = variants or {}
     for name in names:
-        row: dict[str, Any] = {"role": "reference" if name in ("oracle", "learnability") else roles.of(name)}
+        row: dict[str, Any] = {"role": "reference" if name in ("oracle", "learnability") else roles.of(name),
+                               "kind": _kind(variants.get(name))}
         for key, col in (*ACCURACY, *TEXTURE):
             add_mean_sd(row, col, data[name][key])
         row["n"] = len(data[name])
@@ -162,7 +175,8 @@ def build_tables(
                 group[ORACLE_LABEL] = "oracle"  # the ceiling beside every accuracy table
             tables[ablation.table] = ablation.build(group, main, {**data, **dict(references or {})})
     refs = dict(references or {})
-    tables[OVERVIEW] = _overview(roles, [*refs, *names], {**refs, **data}, {**{r: int(d["n_slices"].sum()) if "n_slices" in d else 0 for r, d in refs.items()}, **n_slices})
+    tables[OVERVIEW] = _overview(roles, [*refs, *names], {**refs, **data}, {**{r: int(d["n_slices"].sum()) if "n_slices" in d else 0 for r, d in refs.items()}, **n_slices},
+                                 {v.name: v for v in variants})
     return tables
 
 
