@@ -55,7 +55,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +68,7 @@ from _common import count_flops  # noqa: E402
 
 from vce.config import Config, TrainConfig, Variant, load_config  # noqa: E402
 from vce.io.atomic import write_json, write_text  # noqa: E402
+from vce.training.trainer import threads_and_determinism  # noqa: E402
 
 SCHEMA_VERSION = 1
 MODES = ("fp32", "bf16", "compiled")
@@ -163,22 +163,6 @@ def nvidia_smi() -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------- timing
-@contextlib.contextmanager
-def trainer_settings(threads: int) -> Iterator[None]:
-    """The thread count (``train.threads``; 0 = unchanged) and deterministic algorithms (warn
-    only), as :class:`vce.training.trainer.GanTrainer` runs its loop; restored after."""
-    prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled())  # fmt: skip
-    if threads > 0:
-        torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev[0])
-        torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
-
-
 def build_step(variant: Variant, cfg: TrainConfig, image_size: int, device: torch.device, mode: str, ema: bool = True) -> Any:
     """The trainer's :class:`~vce.training.step.GanStep` for ``variant`` (as ``GanTrainer.build``):
     ``mode`` fp32 | bf16 (``Precision("bf16")``) | compiled (``compile=True``)."""
@@ -251,7 +235,7 @@ def time_model(variant: Variant, cfg: TrainConfig, image_size: int, device: torc
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        with trainer_settings(cfg.threads):
+        with threads_and_determinism(cfg.threads):  # as the trainer runs its loop
             step = build_step(variant, cfg, image_size, device, mode)
             x, y = _inputs(len(variant.modalities), cfg.batch_size, image_size, device)
             times, losses = [], {}
@@ -465,25 +449,8 @@ def _f(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
-def render_md(res: dict[str, Any]) -> str:
-    m = res["machine"]
-    gpu = m.get("gpu")
-    smi = m.get("nvidia_smi") or {}
-    card = (f"{gpu['name']}, {gpu['total_memory_mib'] / 1024:.1f} GiB, compute capability {gpu['compute_capability']}, "
-            f"{gpu['multi_processor_count']} SMs" if gpu else f"CPU only ({m['processor'] or m['platform']})")  # fmt: skip
-    driver = smi.get("driver_version") if isinstance(smi, dict) else None
-    phases = ", ".join(f"{k} {fmt_duration(res['phases_s'][k])}" for k in PHASES if k in res["phases_s"])
-    lines = [
-        f"### GPU check: {gpu['name'] if gpu else 'CPU only, no GPU'} ({res['created'][:10]}, size `{res['size']}`)",
-        "",
-        f"`{res['command']}`; total {fmt_duration(res['total_wall_s'])} "
-        f"(phases: {phases}).",
-        "",
-        f"Machine: {card}; driver {driver or '-'}; torch {m['torch']} (CUDA {m['torch_cuda'] or '-'}, "
-        f"cuDNN {m['cudnn'] or '-'}); {m['cpu_count']} CPUs; TF32 matmul {m['matmul_allow_tf32']}, "
-        f"TF32 cuDNN {m['cudnn_allow_tf32']}.",
-        "",
-    ]
+def _timing_md(res: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     t = res.get("timing")
     if t:
         st = t["setting"]
@@ -512,6 +479,11 @@ def render_md(res: dict[str, Any]) -> str:
                     err = r.get("error", "").replace("|", "/").replace("\n", " ")[:160]
                     lines.append(f"| {name} | {mode} | - | - | - | - | - | - | {r['status']}: {err} |")
         lines.append("")
+    return lines
+
+
+def _training_md(res: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     d = res.get("data")
     if d:
         pt, sl = d.get("patients") or {}, d.get("slices") or {}
@@ -545,6 +517,30 @@ def render_md(res: dict[str, Any]) -> str:
                 err = r.get("error", "").replace("|", "/").replace("\n", " ")[:160]
                 lines.append(f"| {name} | 0 | - | - | - | - | - | - | - | error: {err} |")
         lines.append("")
+    return lines
+
+
+def render_md(res: dict[str, Any]) -> str:
+    """The markdown report of a gpu_check result (machine, timing, cohort, training, errors)."""
+    m = res["machine"]
+    gpu = m.get("gpu")
+    smi = m.get("nvidia_smi") or {}
+    card = (f"{gpu['name']}, {gpu['total_memory_mib'] / 1024:.1f} GiB, compute capability {gpu['compute_capability']}, "
+            f"{gpu['multi_processor_count']} SMs" if gpu else f"CPU only ({m['processor'] or m['platform']})")  # fmt: skip
+    driver = smi.get("driver_version") if isinstance(smi, dict) else None
+    phases = ", ".join(f"{k} {fmt_duration(res['phases_s'][k])}" for k in PHASES if k in res["phases_s"])
+    lines = [
+        f"### GPU check: {gpu['name'] if gpu else 'CPU only, no GPU'} ({res['created'][:10]}, size `{res['size']}`)",
+        "",
+        f"`{res['command']}`; total {fmt_duration(res['total_wall_s'])} "
+        f"(phases: {phases}).",
+        "",
+        f"Machine: {card}; driver {driver or '-'}; torch {m['torch']} (CUDA {m['torch_cuda'] or '-'}, "
+        f"cuDNN {m['cudnn'] or '-'}); {m['cpu_count']} CPUs; TF32 matmul {m['matmul_allow_tf32']}, "
+        f"TF32 cuDNN {m['cudnn_allow_tf32']}.",
+        "",
+    ]
+    lines += _timing_md(res) + _training_md(res)
     if res.get("errors"):
         lines += ["Errors: " + "; ".join(f"{k}: {v}" for k, v in res["errors"].items()), ""]
     return "\n".join(lines)
@@ -592,6 +588,28 @@ def worker_compiled(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_result(args: argparse.Namespace, argv: list[str] | None, size: Size, device: torch.device) -> dict[str, Any]:
+    """The result document before any phase ran."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, "benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]),
+        "size": size.name, "profile": size.profile, "device": str(device),
+        "options": {"budget_s": args.budget_s, "iterations": args.iterations, "compile_timeout_s": args.compile_timeout_s,
+                    "max_total_s": args.max_total_s},
+        "phases_s": {}, "errors": {},
+    }  # fmt: skip
+
+
+def _failures(res: dict[str, Any]) -> list[str]:
+    """What makes the check fail: a phase error, an fp32 timing or a training that did not finish."""
+    failed = sorted(res["errors"])
+    fp32 = (res["timing"] or {}).get("modes", {}).get("fp32", {})
+    failed += [f"timing fp32 {n}" for n in MODELS if (fp32.get(n) or {}).get("status") != "ok"]
+    failed += [f"training {n}" for n in MODELS if ((res.get("training") or {}).get(n) or {}).get("status") != "ok"]
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -610,15 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = study_config(args.params, size, args.patients)
     if size.name == "paper" and device.type == "cpu":
         log.warning("--size paper on the CPU: the timing alone takes minutes")
-    res: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]),
-        "size": size.name, "profile": size.profile, "device": str(device),
-        "options": {"budget_s": args.budget_s, "iterations": args.iterations, "compile_timeout_s": args.compile_timeout_s,
-                    "max_total_s": args.max_total_s},
-        "phases_s": {}, "errors": {},
-    }  # fmt: skip
+    res = _new_result(args, argv, size, device)
     phases = res["phases_s"]
 
     def phase(name: str, fn: Any) -> Any:
@@ -645,10 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = {n: (fp32.get(n) or {}).get("iterations_per_s") for n in MODELS}
         res["training"] = phase("training", lambda: run_training(args, cfg, device, Path(data["normalized"]), work, rates, deadline))
     res["total_wall_s"] = time.monotonic() - t_start
-    failed = sorted(res["errors"])
-    fp32 = (res["timing"] or {}).get("modes", {}).get("fp32", {})
-    failed += [f"timing fp32 {n}" for n in MODELS if (fp32.get(n) or {}).get("status") != "ok"]
-    failed += [f"training {n}" for n in MODELS if ((res.get("training") or {}).get(n) or {}).get("status") != "ok"]
+    failed = _failures(res)
     res["ok"] = not failed
     res["failed"] = failed
     write_json(out / "gpu_check.json", res)

@@ -132,7 +132,7 @@ class GanTrainer:
 
     def fit(self) -> Path:
         """Train ``cfg.iterations`` iterations (from a resumable state if asked) and write the run."""
-        with _threads_and_determinism(self.cfg.threads):
+        with threads_and_determinism(self.cfg.threads):
             with torch.random.fork_rng(devices=self.dist.rng_devices):
                 torch.manual_seed(self.seed)
                 self.build()
@@ -339,7 +339,7 @@ def _plain_json(obj: Any) -> Any:
 
 
 @contextmanager
-def _threads_and_determinism(threads: int) -> Iterator[None]:
+def threads_and_determinism(threads: int) -> Iterator[None]:
     """``threads`` torch threads (0 = unchanged) and deterministic algorithms, restored after."""
     prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
