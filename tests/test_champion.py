@@ -230,3 +230,31 @@ def test_compare_promotes_the_best_logged_model(tiny_cfg, tmp_path):
     assert int(now.version) == moved and now.tags["vce.variant"] == "t2_only" and now.description == "r"
     assert tracking.variant_models(uri, parent.run_id) == {
         n: {"run_id": r, "model_uri": f"runs:/{r}/generator"} for n, r in runs.items()}
+
+
+def test_promote_a_logged_model_whatever_the_process_tracking_uri(tmp_path, monkeypatch):
+    """A real MLflow 3 logged model (source ``models:/m-<id>``) is registered in the given store even
+    when the process-wide tracking URI names another one (the kfp compare component starts with none
+    set: MLflow's SQL registry resolves the source through a default client)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from vce import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tr = tracking.start_run(uri, "v", tags={"vce.variant": "pgmgvce_main"})
+    (tmp_path / "checkpoint.pt").write_bytes(b"not loaded here")
+    info = tracking.log_generator_model(tr, tmp_path / "checkpoint.pt", 16, 2)
+    tr.finish()
+    assert info["model_uri"].startswith("models:/m-")
+    elsewhere = f"sqlite:///{tmp_path / 'other.db'}"
+    mlflow.set_tracking_uri(elsewhere)
+    monkeypatch.chdir(tmp_path)
+    try:
+        version = tracking.promote_champion(uri, "vce-pgmgvce-tiny", info["model_uri"], tr.run_id,
+                                            {"vce.variant": "pgmgvce_main", "vce.champion_reason": "best"})
+    finally:
+        assert mlflow.get_tracking_uri() == elsewhere  # restored
+        mlflow.set_tracking_uri(None)
+    mv = MlflowClient(uri, uri).get_model_version_by_alias("vce-pgmgvce-tiny", "champion")
+    assert int(mv.version) == version == 1 and mv.run_id == tr.run_id

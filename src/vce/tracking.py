@@ -33,11 +33,12 @@ class NullTracker:
 
 
 # --------------------------------------------------------------------------- MLflow
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,19 @@ def variant_models(tracking_uri: str, parent_run_id: str) -> dict[str, dict[str,
     return out
 
 
+@contextlib.contextmanager
+def _process_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` for the block, restored after."""
+    import mlflow
+
+    prev_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(prev_uri)
+
+
 def promote_champion(
     tracking_uri: str, registered_name: str, model_uri: str, run_id: str, tags: dict[str, str],
     alias: str = CHAMPION_ALIAS,
@@ -239,7 +253,10 @@ def promote_champion(
                 if mv.source == model_uri]
         if same:
             return max(same, key=lambda mv: int(mv.version))
-        return client.create_model_version(registered_name, model_uri, run_id=run_id)
+        # MLflow's SQL registry resolves a models:/m-<id> source with a default MlflowClient(), i.e. the
+        # process-wide tracking URI: point it at this store, or it looks in ./mlflow.db and fails
+        with _process_tracking_uri(tracking_uri):
+            return client.create_model_version(registered_name, model_uri, run_id=run_id)
 
     mv = _retry(reg, "register model")
     version = str(mv.version)
