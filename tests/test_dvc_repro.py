@@ -1,6 +1,6 @@
 """DVC reproduces the study from a clean clone: same split, bit for bit; a second repro does nothing.
 
-Slow (it runs every stage, 10 trainings included, at the tiny profile twice): `pytest -m slow`.
+Slow (it runs every stage, every variant trained, at the tiny profile twice): `pytest -m slow`.
 """
 
 import os

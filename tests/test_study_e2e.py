@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import ROOT
+from vce.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,9 @@ def test_mlflow_parent_with_a_child_per_variant(study, tiny_cfg):
 
 def test_predictions_on_t2_grid(study, tiny_cohort):
     preds = sorted((study["work"] / "out" / "kfp").rglob("pred/*.nii.gz"))
-    assert len(preds) == 10 + 2  # one test patient x (10 variants + oracle + learnability) at the tiny profile
+    n_variants = len(load_config(ROOT / "params.yaml", "tiny").variants)
+    assert n_variants == 12  # the tiny study: 8 paper variants, 2 seed replicates, 2 beyond the paper
+    assert len(preds) == n_variants + 2  # one test patient x (the variants + oracle + learnability)
     pid = preds[0].name.split(".")[0]
     pred, t2 = sitk.ReadImage(str(preds[0])), sitk.ReadImage(str(tiny_cohort / pid / "T2.nii.gz"))
     assert pred.GetSize() == t2.GetSize()
@@ -234,7 +237,7 @@ def test_mlflow_ui_serves_the_study(study):
             except OSError:
                 time.sleep(1)
         assert runs is not None, "MLflow server did not come up"
-        assert len(runs) == 11  # the study's parent and its 10 children (8 paper variants, 2 seed replicates)
+        assert len(runs) == 1 + len(load_config(ROOT / "params.yaml", "tiny").variants)  # the parent and a child per variant
     finally:
         import os
         import signal
