@@ -252,7 +252,7 @@ class TrainConfig(Checked):
     gp_weight: float = 0.01
     #: eq. 2's eps. With pg_eps_scale "slope" (default) it is in units of the patient's intensity sd and
     #: multiplied by the normalisation's slope at the patient mean (sigmoid 0.25, tanh 0.005, tanh_f1 0.5,
-    #: z-score 1: vce.prep.normalization.pg_eps_for), so every normalisation gets the same eps relative to
+    #: z-score 1: vce.losses.pg_eps_for), so every normalisation gets the same eps relative to
     #: its tissue contrast; "none": pg_eps in normalised units as given.
     pg_eps: float = 4e-3
     pg_eps_scale: str = "slope"
