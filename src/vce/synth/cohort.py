@@ -207,7 +207,7 @@ def _signal(seq, tissues: PatientTissues, frac: dict[str, np.ndarray], fields: d
             conc = 0.0
             if seq.contrast:
                 conc = t.gd_mM * (fields["uptake"][sel] if name == "enhancing" else 1.0)
-            t1, t2 = _relax(t1_0, t2_0, conc, t.is_blood)
+            t1, t2 = t.relaxation(conc, t1_0, t2_0)
             out[sel] += fk[sel] * seq.signal(t.pd, t1, t2)
             continue
         t1, t2 = t.relaxation(t.gd_mM if seq.contrast else 0.0)
@@ -216,13 +216,6 @@ def _signal(seq, tissues: PatientTissues, frac: dict[str, np.ndarray], fields: d
             s *= t.flow_void
         out += fk * s
     return out
-
-
-def _relax(t1_ms, t2_ms, conc_mM, is_blood: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(T1', T2') ms with ``conc_mM`` gadolinium: 1/T' = 1/T + r C (array-valued T1, T2)."""
-    r1, r2 = (R1_BLOOD, R2_BLOOD) if is_blood else (R1_TISSUE, R2_TISSUE)
-    c = np.asarray(conc_mM, dtype=np.float64)
-    return 1.0 / (1.0 / np.asarray(t1_ms) + r1 * c), 1.0 / (1.0 / np.asarray(t2_ms) + r2 * c)
 
 
 class _Streams(NamedTuple):

@@ -120,7 +120,7 @@ class Lesion:
             f = self.evaluate(chunk)
             out["gross"] += float((f["core"] + f["enhancing"] + f["nonenhancing"]).sum())
             out["core"] += float(f["core"].sum())
-            out["enhancing"] = out.get("enhancing", 0.0) + float(f["enhancing"].sum())
+            out["enhancing"] += float(f["enhancing"].sum())
         return {k: round(v * step_mm**3 / 1000.0, 3) for k, v in out.items()}
 
     def summary(self) -> dict[str, object]:

@@ -42,11 +42,16 @@ class Tissue:
     is_blood: bool = False
     source: str = ""
 
-    def relaxation(self, conc_mM: float | np.ndarray = 0.0) -> tuple[np.ndarray, np.ndarray]:
-        """(T1', T2') in ms with ``conc_mM`` of gadolinium: 1/T' = 1/T + r C."""
+    def relaxation(
+        self, conc_mM: float | np.ndarray = 0.0, t1_ms: np.ndarray | None = None, t2_ms: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(T1', T2') in ms with ``conc_mM`` of gadolinium: 1/T' = 1/T + r C; ``t1_ms`` / ``t2_ms``
+        (per-voxel arrays) replace the compartment's own T1 / T2."""
         r1, r2 = (R1_BLOOD, R2_BLOOD) if self.is_blood else (R1_TISSUE, R2_TISSUE)
         c = np.asarray(conc_mM, dtype=np.float64)
-        return 1.0 / (1.0 / self.t1_ms + r1 * c), 1.0 / (1.0 / self.t2_ms + r2 * c)
+        t1 = self.t1_ms if t1_ms is None else np.asarray(t1_ms)
+        t2 = self.t2_ms if t2_ms is None else np.asarray(t2_ms)
+        return 1.0 / (1.0 / t1 + r1 * c), 1.0 / (1.0 / t2 + r2 * c)
 
 
 def _t(name, t1, t2, pd, c, source, flow_void=1.0, is_blood=False) -> Tissue:
