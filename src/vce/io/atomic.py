@@ -15,6 +15,33 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import VCEEnvironmentError
+
+#: Head-room kept free beyond a write's own size (logs, MLflow, the OS).
+FREE_SPACE_MARGIN = 64 * 2**20
+
+
+def ensure_free_space(directory: str | Path, nbytes: int, what: str) -> None:
+    """Refuse to start a write of ``nbytes`` under ``directory`` that the disk cannot hold.
+
+    Memory-mapped writes (the slice store, the normalised store) do not fail on a full disk:
+    the process dies of SIGBUS, half-written. Checking first turns that into one clear error.
+    Raises :class:`VCEEnvironmentError` naming ``directory``, ``what`` and both sizes."""
+    directory = Path(directory)
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < nbytes + FREE_SPACE_MARGIN:
+        raise VCEEnvironmentError(
+            f"{directory}: not enough free disk space for {what}: needs {_mb(nbytes + FREE_SPACE_MARGIN)} "
+            f"({_mb(nbytes)} + {_mb(FREE_SPACE_MARGIN)} head-room), {_mb(free)} free"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
 
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
