@@ -90,7 +90,7 @@ def _tiny_text(old: str, new: str) -> str:
         ("matrix: [48, 48]", "matrix: [48]", r"profiles\.tiny\.synth\.matrix must be a list of 2 integers"),
         ("matrix: [48, 48]", "matrix: 48", r"profiles\.tiny\.synth\.matrix must be a list of 2 integers \(got 48\)"),
         ("seed: 7\n", "seed: seven\n", r"profiles\.tiny\.seed must be an integer >= 0 \(got 'seven'\)"),
-        ("on_failure: exclude", "on_failure: ignore", r"profiles\.tiny\.register\.on_failure must be 'exclude' or 'stop'"),
+        ("on_failure: exclude", "on_failure: ignore", r"profiles\.tiny\.register\.on_failure must be one of \('exclude', 'stop'\) \(got 'ignore'\)"),
         ("parallelism: 2\n      main_variant: pgmgvce_main", "parallelism: 0\n      main_variant: pgmgvce_main",
          r"profiles\.tiny\.study\.parallelism must be >= 1"),
         ("main_variant: pgmgvce_main", "main_variant: nope", r"profiles\.tiny\.study\.main_variant must name one of the variants"),
@@ -224,3 +224,166 @@ def test_pg_eps_scale_is_checked():
     text = (ROOT / "params.yaml").read_text()
     with pytest.raises(ConfigError, match=r"train\.pg_eps_scale"):
         load_config_text(text.replace("pg_eps_scale: slope", "pg_eps_scale: sigmoid"), "tiny")
+
+
+# --------------------------------------------------------------------------- the range table, YAML booleans, image size
+
+def _checked_classes():
+    from vce.config import SECTIONS
+
+    return [*SECTIONS.values(), Variant]
+
+
+def _numeric(hint) -> bool:
+    import typing
+
+    if typing.get_origin(hint) is tuple:
+        return all(_numeric(a) for a in typing.get_args(hint) if a is not Ellipsis)
+    return hint in (int, float)
+
+
+def test_every_numeric_setting_has_a_range_rule():
+    """One table (vce.config.RANGES) holds the range of every int / float field of every section."""
+    import dataclasses
+    import typing
+
+    from vce.config import RANGES
+
+    for cls in _checked_classes():
+        hints = typing.get_type_hints(cls)
+        numeric = {f.name for f in dataclasses.fields(cls) if _numeric(hints[f.name])}
+        assert numeric, cls
+        assert set(RANGES[cls.section]) == numeric, (cls.section, numeric ^ set(RANGES[cls.section]))
+
+
+def _outside_and_inside(rule, is_int: bool):
+    """Values just outside and just inside ``rule`` at each of its bounds."""
+    step = 1 if is_int else 0.5
+    cases = []
+    if rule.low is not None:
+        cases.append((rule.low if rule.low_open else rule.low - step, rule.low + (step if rule.low_open else 0)))
+    if rule.high is not None:
+        inside = rule.high - (step if is_int else 1e-3) if rule.high_open else rule.high
+        cases.append((rule.high if rule.high_open else rule.high + step, inside))
+    return [(type_(o), type_(i)) for o, i in cases for type_ in [int if is_int else float]]
+
+
+def _range_cases():
+    import dataclasses
+    import typing
+
+    from vce.config import RANGES
+
+    for cls in _checked_classes():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in RANGES[cls.section]:
+                continue
+            hint = hints[f.name]
+            is_tuple = typing.get_origin(hint) is tuple
+            elem = typing.get_args(hint)[0] if is_tuple else hint
+            for outside, inside in _outside_and_inside(RANGES[cls.section][f.name], elem is int):
+                yield pytest.param(cls, f.name, is_tuple, outside, inside, id=f"{cls.section}.{f.name}={outside}")
+
+
+def _build_with(cls, key, is_tuple, value):
+    import dataclasses
+
+    kw = {"name": "v"} if cls is Variant else {}
+    if is_tuple:
+        default = next(f for f in dataclasses.fields(cls) if f.name == key).default
+        value = [value] * len(default)
+    return cls(**kw, **{key: value})
+
+
+@pytest.mark.parametrize("cls, key, is_tuple, outside, inside", list(_range_cases()))
+def test_each_range_rule_refuses_outside_and_accepts_its_bound(cls, key, is_tuple, outside, inside):
+    where = "variants.v" if cls is Variant else cls.section
+    with pytest.raises(ConfigError, match=rf"^{re.escape(where)}\.{key} (every value )?must be "):
+        _build_with(cls, key, is_tuple, outside)
+    built = _build_with(cls, key, is_tuple, inside)
+    assert getattr(built, key) == (tuple([inside] * len(getattr(built, key))) if is_tuple else inside)
+
+
+def test_numbers_of_the_wrong_type_are_refused_for_every_numeric_key():
+    for cls in _checked_classes():
+        from vce.config import RANGES
+
+        for key in RANGES[cls.section]:
+            with pytest.raises(ConfigError, match=rf"\.{key} must be (an integer|a finite number|a list)"):
+                _build_with(cls, key, False, "four")
+
+
+@pytest.mark.parametrize("old, new, match", [
+    ("iterations: 4\n", "iterations: 0\n", r"^params\.yaml:profiles\.tiny\.train\.iterations must be >= 1 \(got 0\)$"),
+    ("lr: 2.0e-4\n", "lr: 0\n", r"profiles\.tiny\.train\.lr must be > 0 \(got 0\)"),
+    ("beta1: 0.5\n", "beta1: 1.0\n", r"profiles\.tiny\.train\.beta1 must be in \[0\.0, 1\.0\) \(got 1\.0\)"),
+    ("test_ratio: 0.125\n", "test_ratio: 0\n", r"profiles\.tiny\.split\.test_ratio must be in \(0\.0, 1\.0\) \(got 0\)"),
+    ("folds: 0                 # k-fold off\n      fold: 0", "folds: 1\n      fold: 0",
+     r"profiles\.tiny\.split\.folds must be 0 \(hold-out by test_ratio\) or a number of folds >= 2 \(got 1\)"),
+    ("folds: 0                 # k-fold off\n      fold: 0", "folds: 3\n      fold: 3",
+     r"profiles\.tiny\.split\.fold must be in \[0, 2\] for 3 folds \(got 3\)"),
+    ("histogram_bins: 24", "histogram_bins: 1", r"profiles\.tiny\.register\.histogram_bins must be >= 2 \(got 1\)"),
+    ("shrink_factors: [1]\n      smoothing", "shrink_factors: [0]\n      smoothing",
+     r"profiles\.tiny\.register\.shrink_factors every value must be >= 1 \(got \[0\]\)"),
+    ("pgmgvce_depth: 2 ", "pgmgvce_depth: 7 ", r"profiles\.tiny\.train\.pgmgvce_depth must be in \[1, 6\] \(got 7\)"),
+])
+def test_ranges_named_at_load(old, new, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config_text(_tiny_text(old, new), "tiny", source="params.yaml")
+
+
+def test_unquoted_off_from_dvc_exp_run_is_amp_off():
+    """``dvc exp run -S`` rewrites params.yaml with ``amp: off`` unquoted, which YAML reads as false."""
+    text = PARAMS.replace('amp: "off"', "amp: off")
+    assert text != PARAMS
+    for profile in ("tiny", "demo", "paper"):
+        assert load_config_text(text, profile).train.amp == "off"
+    from vce.config import TrainConfig
+
+    assert TrainConfig(amp=False).amp == "off"
+    # there is no "on" mode: true is refused, saying why
+    with pytest.raises(ConfigError, match=r"train\.amp must be one of \('off', 'bf16', 'fp16'\) \(got True: YAML reads"):
+        load_config_text(_tiny_text('amp: "off"', "amp: on"), "tiny")
+    # a boolean stays an error for a string setting without an off choice
+    with pytest.raises(ConfigError, match=r"train\.keep must be one of \('last', 'best'\) \(got False"):
+        load_config_text(_tiny_text("keep: last", "keep: off"), "tiny")
+
+
+def test_image_size_must_survive_the_generators_halvings():
+    with pytest.raises(ConfigError) as info:
+        load_config_text(_tiny_text("image_size: 48 ", "image_size: 30 "), "tiny", source="params.yaml")
+    assert str(info.value) == (
+        "params.yaml:profiles.tiny.split.image_size must be a multiple of 4 and at least 8 (got 30): the mmgsn "
+        "generator halves it 2 times (its fixed architecture); e.g. 28 or 32 would work")
+    assert load_config_text(_tiny_text("image_size: 48 ", "image_size: 40 "), "tiny").split.image_size == 40
+    deeper = _tiny_text("pgmgvce_depth: 2 ", "pgmgvce_depth: 3 ")
+    assert load_config_text(deeper, "tiny").split.image_size == 48
+    with pytest.raises(ConfigError, match=r"split\.image_size must be a multiple of 8 and at least 16 \(got 36\): the "
+                                          r"pgmgvce generator halves it 3 times \(train\.pgmgvce_depth = 3\); e\.g\. 32 or 40"):
+        load_config_text(deeper.replace("image_size: 48 ", "image_size: 36 "), "tiny")
+
+
+def test_image_size_rule_is_the_models_rule():
+    """For every size and depth the config accepts exactly what the generators (and the PatchGAN) run."""
+    import dataclasses
+
+    import torch
+
+    from vce.config import MODELS, TrainConfig, image_size_problem
+    from vce.models.factory import build_discriminator, build_generator
+
+    for depth in (1, 2, 3):
+        train = dataclasses.replace(TrainConfig(), pgmgvce_depth=depth)
+        for model in MODELS:
+            g = build_generator(model, 2, 1, **({"depth": depth} if model == "pgmgvce" else {})).eval()
+            for size in range(8, 50):
+                accepted = image_size_problem(size, train, [model]) is None
+                try:
+                    with torch.no_grad():
+                        g(torch.zeros(1, 2, size, size))
+                        build_discriminator(2, 1, image_size=size)(torch.zeros(1, 2, size, size), torch.zeros(1, 1, size, size))
+                    runs = True
+                except ValueError:
+                    runs = False
+                assert accepted == runs, (model, depth, size)

@@ -4,9 +4,13 @@ Every step reads its section from here, so the CLI, DVC and the Kubeflow pipelin
 configuration. Unknown keys are errors (a typo must not silently fall back to a default), and
 every value is checked here, when the file is loaded: its type from the field's annotation
 (an integer for ``int``, a finite number for ``float``, ``true``/``false`` for ``bool``, a list
-for ``tuple``), then its range. A bad ``params.yaml`` therefore fails in seconds at
-:func:`load_config`, with the key named (``params.yaml:profiles.demo.train.iterations must be
->= 1 (got -5)``), before synthesis or registration run. This module imports no torch.
+for ``tuple``), then its range from :data:`RANGES` (one table for every numeric setting) or its
+choices from :data:`CHOICES`, then the rules between keys, and ``split.image_size`` against the
+halvings of every generator the file can train (:func:`image_size_problem`). A bad
+``params.yaml`` therefore fails in seconds at :func:`load_config`, with the key named
+(``params.yaml:profiles.demo.train.iterations must be >= 1 (got -5)``), before synthesis or
+registration run. An unquoted ``off`` (YAML: false), as ``dvc exp run -S`` writes ``amp``, is
+read as ``"off"`` (:data:`YAML_BOOL_WORDS`). This module imports no torch.
 """
 
 from __future__ import annotations
@@ -109,46 +113,134 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _at_least(cfg: Any, names: tuple[str, ...], low: float, strict: bool = False) -> Iterator[Problem]:
-    """``>= low`` (``> low`` when ``strict``) for each field in ``names``."""
-    for name in names:
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric setting (of each value of a list setting): ``low <= v``
+    (``<`` when ``low_open``) and ``v <= high`` (``<`` when ``high_open``); ``None``: unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        above = self.low is None or (v > self.low if self.low_open else v >= self.low)
+        below = self.high is None or (v < self.high if self.high_open else v <= self.high)
+        return above and below
+
+    def text(self) -> str:
+        """``>= 1``, ``> 0``, ``in [0, 1)``..."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+COUNT = Range(1)  # a count of at least one (iterations, patients, pixels)
+COUNT_OR_OFF = Range(0)  # a count where 0 means off / default
+POSITIVE = Range(0, low_open=True)  # learning rates, SNRs, spacings, margins
+NON_NEGATIVE = Range(0.0)  # loss weights (lambdas), penalties, tolerances
+FRACTION = Range(0.0, 1.0, high_open=True)  # a ratio in [0, 1)
+OPEN_FRACTION = Range(0.0, 1.0, low_open=True, high_open=True)  # a ratio in (0, 1)
+SAMPLING = Range(0.0, 1.0, low_open=True)  # a sampled fraction in (0, 1]
+
+#: The range of every numeric setting, by section then key (list settings: of each value). Types
+#: come from the dataclass annotations; ``test_config`` checks that every int / float field is here.
+RANGES: dict[str, dict[str, Range]] = {
+    "synth": {
+        "n_patients": COUNT, "matrix": Range(8), "n_slices": COUNT, "spacing_mm": Range(0, 20, low_open=True),
+        "max_rotation_deg": Range(0, 30), "max_translation_mm": Range(0, 50), "max_nonrigid_mm": Range(0, 10),
+        "nonrigid_grid_spacing_mm": Range(20, 500), "snr_t1": POSITIVE, "snr_t2": POSITIVE, "snr_t1c": POSITIVE,
+    },
+    "register": {
+        "shrink_factors": COUNT, "smoothing_sigmas_mm": NON_NEGATIVE, "iterations": COUNT, "sampling_fraction": SAMPLING,
+        "histogram_bins": Range(2), "bspline_grid_spacing_mm": POSITIVE, "bspline_iterations": COUNT,
+        "bspline_shrink_factors": COUNT, "bspline_smoothing_sigmas_mm": NON_NEGATIVE,
+        "bspline_sampling_fraction": SAMPLING, "max_tre_mm": POSITIVE, "min_jacobian": Range(high=1.0, high_open=True),
+        "max_metric_increase": NON_NEGATIVE,
+    },
+    "split": {
+        "test_ratio": OPEN_FRACTION, "image_size": Range(8), "min_body_fraction": FRACTION, "folds": COUNT_OR_OFF,
+        "fold": COUNT_OR_OFF, "max_fov_missing": Range(0.0, 1.0),
+    },
+    "train": {
+        "iterations": COUNT, "batch_size": COUNT, "lr": POSITIVE, "beta1": FRACTION, "beta2": FRACTION,
+        "base_channels": COUNT, "gp_weight": NON_NEGATIVE, "pg_eps": POSITIVE, "log_every": COUNT,
+        "threads": COUNT_OR_OFF, "checkpoint_every": COUNT_OR_OFF, "val_patients": NON_NEGATIVE, "val_every": COUNT,
+        "ema_decay": Range(0, 1, high_open=True), "health_window": COUNT, "d_collapse_loss": NON_NEGATIVE,
+        "patience": COUNT, "pgmgvce_depth": Range(1, 6),  # vce.models.pgmgvce.MAX_DEPTH
+    },
+    "evaluate": {
+        "data_range": POSITIVE, "ring_px": COUNT, "enh_threshold": POSITIVE, "edge_quantile": Range(0.0, 0.999),
+        "equivalence_margin": POSITIVE, "bootstrap": COUNT, "ci_level": Range(0.5, 0.999),
+    },
+    "study": {"parallelism": COUNT},
+    "variant": {"lambda_pg": Range(0), "lambda_gan": Range(0), "lambda_l1": Range(0), "seed_offset": COUNT_OR_OFF},
+}
+
+#: The choices of every string setting that has a fixed set of values, by section then key.
+CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "register": {"on_failure": ("exclude", "stop")},
+    "train": {"gp_type": GP_TYPES, "pg_eps_scale": PG_EPS_SCALES, "amp": AMP_MODES, "keep": KEEP},
+    "study": {"champion_goal": CHAMPION_GOALS},
+    "variant": {"model": MODELS, "normalization": NORMALIZATIONS},
+}
+
+#: YAML 1.1 reads an unquoted ``off`` / ``on`` as false / true, and ``dvc exp run -S`` writes
+#: ``amp: "off"`` back unquoted: for a string setting whose choices hold the word, the boolean
+#: stands for it.
+YAML_BOOL_WORDS = {False: "off", True: "on"}
+
+
+def _range_problems(cfg: Any, section: str) -> Iterator[Problem]:
+    """Every value of ``cfg`` against its :data:`RANGES` entry."""
+    for name, rule in RANGES.get(section, {}).items():
         v = getattr(cfg, name)
-        if v < low or (strict and v == low):
-            yield name, f"must be {'>' if strict else '>='} {low} (got {v!r})"
+        if isinstance(v, tuple):
+            if not all(x in rule for x in v):
+                yield name, f"every value must be {rule.text()} (got {list(v)!r})"
+        elif v not in rule:
+            yield name, f"must be {rule.text()} (got {v!r})"
 
 
-def _one_of(cfg: Any, name: str, allowed: tuple[str, ...]) -> Iterator[Problem]:
-    v = getattr(cfg, name)
-    if v not in allowed:
-        yield name, f"must be one of {allowed} (got {v!r})"
-
-
-def _within(cfg: Any, name: str, low: float, high: float) -> Iterator[Problem]:
-    v = getattr(cfg, name)
-    if not low <= v <= high:
-        yield name, f"must be in [{low}, {high}] (got {v!r})"
+def _choice_problems(cfg: Any, section: str) -> Iterator[Problem]:
+    """Every string value of ``cfg`` against its :data:`CHOICES` entry."""
+    for name, allowed in CHOICES.get(section, {}).items():
+        v = getattr(cfg, name)
+        if v not in allowed:
+            yield name, f"must be one of {allowed} (got {v!r})"
 
 
 class Checked:
     """Base of the config dataclasses: on construction every field is type-checked against its
-    annotation (lists become tuples), then the section's own :meth:`problems` (ranges, choices)
-    are collected; any problem raises :class:`SectionError` naming ``<section>.<key>``."""
+    annotation (lists become tuples), then against its :data:`RANGES` / :data:`CHOICES` entry,
+    then the section's own :meth:`problems` (rules between keys) are collected; any problem
+    raises :class:`SectionError` naming ``<section>.<key>``."""
 
     section = ""
 
     def __post_init__(self) -> None:
         problems = list(self._type_problems())
         if not problems:
-            problems = list(self.problems())
+            problems = [*_range_problems(self, self.section), *_choice_problems(self, self.section), *self.problems()]
         if problems:
             raise SectionError(self.where(), problems)
 
     def _type_problems(self) -> Iterator[Problem]:
         hints = _hints(type(self))
+        choices = CHOICES.get(self.section, {})
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             v = getattr(self, f.name)
             if isinstance(v, list):
                 v = tuple(v)
+                object.__setattr__(self, f.name, v)
+            if hints[f.name] is str and isinstance(v, bool) and f.name in choices:
+                if YAML_BOOL_WORDS[v] not in choices[f.name]:
+                    yield f.name, (f"must be one of {choices[f.name]} (got {v!r}: YAML reads an unquoted "
+                                   "on / off / yes / no as true / false; quote the value)")
+                    continue
+                v = YAML_BOOL_WORDS[v]  # YAML's unquoted off / on
                 object.__setattr__(self, f.name, v)
             if not _fits(v, hints[f.name]):
                 yield f.name, f"must be {_describe(hints[f.name])} (got {v!r})"
@@ -175,18 +267,6 @@ class SynthConfig(Checked):
     snr_t1: float = 35.0  # white-matter SNR of the T1-w spin echo (Rician noise sigma = S_WM / snr)
     snr_t2: float = 25.0  # ... of the T2-w spin echo
     snr_t1c: float = 30.0  # ... of the post-contrast 3D spoiled GRE
-
-    def problems(self) -> Iterator[Problem]:
-        yield from _at_least(self, ("n_patients", "n_slices"), 1)
-        if min(self.matrix) < 8:
-            yield "matrix", f"must be two integers >= 8 (x, y) (got {self.matrix!r})"
-        if not all(0 < s <= 20 for s in self.spacing_mm):
-            yield "spacing_mm", f"must be three numbers in (0, 20] mm (x, y, z) (got {self.spacing_mm!r})"
-        yield from _within(self, "max_rotation_deg", 0, 30)
-        yield from _within(self, "max_translation_mm", 0, 50)
-        yield from _within(self, "max_nonrigid_mm", 0, 10)
-        yield from _within(self, "nonrigid_grid_spacing_mm", 20, 500)
-        yield from _at_least(self, ("snr_t1", "snr_t2", "snr_t1c"), 0, strict=True)
 
 
 @dataclass(frozen=True)
@@ -215,13 +295,12 @@ class RegisterConfig(Checked):
     qc_png: bool = True  # <out>/<pid>/qc.png checkerboard + edge overlay
 
     def problems(self) -> Iterator[Problem]:
-        if self.on_failure not in ("exclude", "stop"):
-            yield "on_failure", f"must be 'exclude' or 'stop' (got {self.on_failure!r})"
         for prefix in ("", "bspline_"):
             shrink, sigmas = f"{prefix}shrink_factors", f"{prefix}smoothing_sigmas_mm"
+            if not getattr(self, shrink):
+                yield shrink, "must list at least one level"
             if len(getattr(self, shrink)) != len(getattr(self, sigmas)):
                 yield "", f"{shrink} and {sigmas} must have the same length"
-        yield from _at_least(self, ("bspline_grid_spacing_mm",), 0, strict=True)
 
 
 @dataclass(frozen=True)
@@ -236,7 +315,10 @@ class SplitConfig(Checked):
     max_fov_missing: float = 0.01  # leave out slices where any modality is zero-filled on more than this body fraction
 
     def problems(self) -> Iterator[Problem]:
-        yield from _within(self, "max_fov_missing", 0.0, 1.0)
+        if self.folds == 1:
+            yield "folds", "must be 0 (hold-out by test_ratio) or a number of folds >= 2 (got 1)"
+        if self.folds >= 2 and self.fold >= self.folds:
+            yield "fold", f"must be in [0, {self.folds - 1}] for {self.folds} folds (got {self.fold})"
 
 
 @dataclass(frozen=True)
@@ -272,20 +354,10 @@ class TrainConfig(Checked):
     pgmgvce_depth: int = 2  # halvings in the PGMGVCE feature extractor (image size must be a multiple of 2^depth)
 
     def problems(self) -> Iterator[Problem]:
-        yield from _at_least(self, ("iterations", "batch_size", "log_every", "base_channels", "val_every",
-                                    "health_window", "patience"), 1)
-        yield from _at_least(self, ("lr", "pg_eps"), 0, strict=True)
-        yield from _at_least(self, ("gp_weight", "checkpoint_every", "threads"), 0)
-        yield from _one_of(self, "gp_type", GP_TYPES)
-        yield from _one_of(self, "pg_eps_scale", PG_EPS_SCALES)
-        yield from _one_of(self, "amp", AMP_MODES)
-        yield from _one_of(self, "keep", KEEP)
         if self.keep == "best" and self.val_patients <= 0:
             yield "", "keep: best needs validation (val_patients > 0)"
-        if self.val_patients < 0 or (self.val_patients >= 1 and not float(self.val_patients).is_integer()):
+        if self.val_patients >= 1 and not float(self.val_patients).is_integer():
             yield "val_patients", f"must be 0, a count >= 1 or a fraction in (0, 1) (got {self.val_patients!r})"
-        if not 0 <= self.ema_decay < 1:
-            yield "ema_decay", f"must be in [0, 1) (got {self.ema_decay!r})"
 
 
 @dataclass(frozen=True)
@@ -299,12 +371,6 @@ class EvaluateConfig(Checked):
     equivalence_margin: float = 0.1  # TOST margin for "similar accuracy": +- this fraction of the baseline's mean
     bootstrap: int = 2000  # bootstrap resamples for the 95 % CIs (patients resampled, paired)
     ci_level: float = 0.95
-
-    def problems(self) -> Iterator[Problem]:
-        yield from _at_least(self, ("data_range", "enh_threshold", "equivalence_margin"), 0, strict=True)
-        yield from _at_least(self, ("ring_px", "bootstrap"), 1)
-        yield from _within(self, "edge_quantile", 0.0, 0.999)
-        yield from _within(self, "ci_level", 0.5, 0.999)
 
 
 @dataclass(frozen=True)
@@ -321,8 +387,6 @@ class StudyConfig(Checked):
     champion_goal: str = "min"  # one of CHAMPION_GOALS: lower or higher champion_metric is better
 
     def problems(self) -> Iterator[Problem]:
-        yield from _at_least(self, ("parallelism",), 1)
-        yield from _one_of(self, "champion_goal", CHAMPION_GOALS)
         # the full list of scores lives in vce.metrics (checked by `vce compare`, vce.champion.check_metric);
         # here, without importing it, what can never be one: empty, odd characters, ground truth, ids, counts
         m = self.champion_metric
@@ -335,6 +399,8 @@ class StudyConfig(Checked):
 @dataclass(frozen=True)
 class Variant(Checked):
     """One training run of the study (a row of the paper's tables)."""
+
+    section = "variant"  # its RANGES / CHOICES entries; errors name it variants.<name>
 
     name: str
     model: str = "pgmgvce"
@@ -356,16 +422,10 @@ class Variant(Checked):
     def problems(self) -> Iterator[Problem]:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             yield "name", f"must be alphanumeric with _ or - (got {self.name!r})"
-        yield from _one_of(self, "model", MODELS)
-        yield from _one_of(self, "normalization", NORMALIZATIONS)
         mods = self.modalities
         if not mods or any(m not in MODALITIES for m in mods) or len(set(mods)) != len(mods):
             yield "modalities", f"must be a non-empty subset of {MODALITIES} (got {list(mods)!r})"
         weights = ("lambda_pg", "lambda_gan", "lambda_l1")
-        yield from _at_least(self, weights, 0)
-        yield from _at_least(self, ("seed_offset",), 0)
-        if not isinstance(self.paper, bool):
-            yield "paper", f"must be true or false (got {self.paper!r})"
         if all(getattr(self, w) == 0 for w in weights):
             yield "", "all generator loss weights are 0, nothing to train"
 
@@ -420,6 +480,10 @@ class Config:
         if names and self.study.main_variant not in names:
             raise ConfigError(f"{where}.study.main_variant must name one of the variants {names} "
                               f"(got {self.study.main_variant!r})")
+        models = sorted({v.model for v in (*self.catalogue, *self.variants)} or set(MODELS))
+        problem = image_size_problem(self.split.image_size, self.train, models)
+        if problem:
+            raise ConfigError(f"{where}.split.image_size {problem}")
 
     def variant(self, name: str) -> Variant:
         """The variant ``name``: of the study, else of the file's catalogue."""
@@ -434,6 +498,32 @@ class Config:
         d["variants"] = [v.to_dict() for v in self.variants]
         d.pop("catalogue", None)
         return d
+
+
+#: How many times each generator (``Variant.model``) halves the image side: PGMGVCE has
+#: ``train.pgmgvce_depth`` stride-2 convolutions (vce.models.pgmgvce), MMgSN-Net two max-poolings
+#: (three levels, vce.models.mmgsn). A key of TrainConfig, or a fixed count.
+GENERATOR_HALVINGS: dict[str, str | int] = {"pgmgvce": "pgmgvce_depth", "mmgsn": 2}
+
+
+def image_size_problem(size: int, train: TrainConfig, models: list[str]) -> str | None:
+    """Why slices of ``size`` x ``size`` pixels cannot train every generator in ``models``, or ``None``.
+
+    A generator that halves the side ``h`` times needs a multiple of ``2^h`` that leaves at least
+    2 x 2 pixels at the bottom (``vce.models.blocks.check_image_size``; InstanceNorm needs more
+    than one pixel). The PatchGAN discriminator fits any size >= 8 (``split.image_size``'s range).
+    """
+    for model in models:
+        spec = GENERATOR_HALVINGS[model]
+        halvings = getattr(train, spec) if isinstance(spec, str) else spec
+        why = f"train.{spec} = {halvings}" if isinstance(spec, str) else "its fixed architecture"
+        f = 2**halvings
+        if size % f or size // f < 2:
+            lo, hi = max(2, size // f) * f, max(2, size // f + 1) * f
+            fits = f"{lo} or {hi}" if lo != hi and lo != size else f"{hi}"
+            return (f"must be a multiple of {f} and at least {2 * f} (got {size}): the {model} generator halves "
+                    f"it {halvings} times ({why}); e.g. {fits} would work")
+    return None
 
 
 SECTIONS: dict[str, type] = {
