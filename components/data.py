@@ -9,6 +9,10 @@ from . import VCE_IMAGE
 @dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
 def cohort_op(source_dir: str, params_yaml: str, profile: str, cohort: Output[Dataset]):
     """Snapshot the raw cohort at ``source_dir`` (validated), or synthesise one when it is empty."""
+    from vce.runtime import die_with_parent
+
+    die_with_parent()  # a kill -9 of `vce run` takes this process with it
+
     import os
     import shutil
 
@@ -33,6 +37,10 @@ def cohort_op(source_dir: str, params_yaml: str, profile: str, cohort: Output[Da
 @dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
 def register_op(cohort: Input[Dataset], params_yaml: str, profile: str, registered: Output[Dataset]):
     """T1 and T1C onto the T2 grid; QC table in the artifact."""
+    from vce.runtime import die_with_parent
+
+    die_with_parent()  # a kill -9 of `vce run` takes this process with it
+
     from vce import steps
     from vce.config import load_config_text
 
@@ -48,6 +56,10 @@ def register_op(cohort: Input[Dataset], params_yaml: str, profile: str, register
 @dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
 def split_op(registered: Input[Dataset], params_yaml: str, profile: str, split: Output[Dataset]):
     """Patient-level split and 2D slice store."""
+    from vce.runtime import die_with_parent
+
+    die_with_parent()  # a kill -9 of `vce run` takes this process with it
+
     import json
 
     from vce import steps
@@ -61,6 +73,10 @@ def split_op(registered: Input[Dataset], params_yaml: str, profile: str, split: 
 @dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
 def normalize_op(split: Input[Dataset], params_yaml: str, profile: str, normalized: Output[Dataset]):
     """z-score, sigmoid and tanh stores plus per-patient parameters and the T1C calibration."""
+    from vce.runtime import die_with_parent
+
+    die_with_parent()  # a kill -9 of `vce run` takes this process with it
+
     from vce import steps
     from vce.config import load_config_text
 

@@ -16,10 +16,17 @@ def evaluate_op(
     normalized: Input[Dataset],
     params_yaml: str,
     profile: str,
+    tracking_uri: str,
     evaluation: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Predictions (NIfTI) and per-slice / per-patient metrics for the test patients."""
+    """Predictions (NIfTI) and per-slice / per-patient metrics for the test patients; logged to
+    the variant's MLflow run in ``tracking_uri`` (the pipeline's, never one named in the
+    checkpoint; '' = tracking off)."""
+    from vce.runtime import die_with_parent
+
+    die_with_parent()  # a kill -9 of `vce run` takes this process with it
+
     import json
 
     from vce import steps
@@ -28,7 +35,7 @@ def evaluate_op(
     from vce.evaluation.run import logged_metrics
 
     steps.evaluate(model.path, registered.path, split.path, normalized.path, evaluation.path,
-                   load_config_text(params_yaml, profile))
+                   load_config_text(params_yaml, profile), track=bool(tracking_uri), tracking_uri=tracking_uri or None)
     summary = json.load(open(f"{evaluation.path}/summary.json"))["mean_over_patients"]
     for k, v in logged_metrics(summary).items():  # the same names as the MLflow run and metrics.json
         metrics.log_metric(k, float(v))
@@ -44,6 +51,10 @@ def reference_op(
     reference: Output[Dataset],
 ):
     """The reference rows of every table: the oracle (resampling ceiling) and the learnability regressor."""
+    from vce.runtime import die_with_parent
+
+    die_with_parent()  # a kill -9 of `vce run` takes this process with it
+
     import json
 
     from vce import steps
@@ -68,6 +79,10 @@ def compare_op(
     report: Output[Dataset],
 ):
     """The paper's tables, the protocol tables, verdicts, metrics.json and report.html; logged to the study's parent run."""
+    from vce.runtime import die_with_parent
+
+    die_with_parent()  # a kill -9 of `vce run` takes this process with it
+
     import json
 
     from vce import steps

@@ -12,6 +12,10 @@ def variants_op(params_yaml: str, profile: str) -> list:
     as every other step: the pipeline's ParallelFor loops over this output, so its items cannot
     disagree with ``params_yaml``. The loop items are the output itself (not a task-output
     parameter consumed inside the loop, which kfp 2.17's local runner mis-resolves)."""
+    from vce.runtime import die_with_parent
+
+    die_with_parent()  # a kill -9 of `vce run` takes this process with it
+
     from vce.config import load_config_text
 
     return [v.to_json() for v in load_config_text(params_yaml, profile).variants]
@@ -24,6 +28,10 @@ def start_study_op(tracking_uri: str, experiment: str, params_yaml: str, profile
     The id travels as an artifact, not a parameter: kfp's local runner (2.17) mis-resolves a
     task-output parameter consumed inside a ParallelFor (it receives the loop item instead).
     """
+    from vce.runtime import die_with_parent
+
+    die_with_parent()  # a kill -9 of `vce run` takes this process with it
+
     import json
 
     from vce import steps
@@ -47,6 +55,10 @@ def train_op(
     model: Output[Model],
 ):
     """Train one variant (``variant``: one item of ``variants_op``; a child MLflow run of the study)."""
+    from vce.runtime import die_with_parent
+
+    die_with_parent()  # a kill -9 of `vce run` takes this process with it
+
     import json
 
     from vce import steps

@@ -11,7 +11,7 @@ SubprocessRunner (``vce run``), where accelerator settings are ignored.
 import json
 from pathlib import Path
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
 from components.data import cohort_op, normalize_op, register_op, split_op
 from components.evaluation import compare_op, evaluate_op, reference_op
@@ -20,6 +20,16 @@ from components.training import start_study_op, train_op, variants_op
 ROOT = Path(__file__).resolve().parents[1]
 COMPILED = Path(__file__).with_suffix(".yaml")
 CLUSTER_PARALLELISM = 8
+#: The cluster's MLflow server runs with basic auth (k8s/base/mlflow.yaml); the tasks that track
+#: read their MLflow user from this Secret (keys below), which the manifests reference, never inline.
+MLFLOW_SECRET = "mlflow-auth"
+MLFLOW_SECRET_ENV = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+
+
+def _mlflow_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """On the cluster, ``task`` authenticates to MLflow with :data:`MLFLOW_SECRET` (optional: a
+    cluster without auth runs too); ignored by the local runner."""
+    return kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET, secret_key_to_env=MLFLOW_SECRET_ENV, optional=True)
 
 
 def default_arguments(params_path: Path = ROOT / "params.yaml") -> dict:
@@ -57,7 +67,7 @@ def build_pipeline(parallelism: int = CLUSTER_PARALLELISM, defaults: dict | None
         )
         reference.set_display_name("reference-rows").set_memory_limit("8G")
         study = start_study_op(tracking_uri=tracking_uri, experiment=experiment, params_yaml=params_yaml, profile=profile)
-        study.set_display_name("start-study").set_caching_options(False)
+        _mlflow_credentials(study.set_display_name("start-study").set_caching_options(False))
         variants = variants_op(params_yaml=params_yaml, profile=profile)
         variants.set_display_name("variants").set_caching_options(False)
         with dsl.ParallelFor(variants.output, parallelism=parallelism, name="ablations") as variant:
@@ -66,18 +76,18 @@ def build_pipeline(parallelism: int = CLUSTER_PARALLELISM, defaults: dict | None
                 profile=profile, tracking_uri=tracking_uri, experiment=experiment, study=study.outputs["study"],
             )
             train.set_display_name("train").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-            train.set_memory_limit("16G").set_caching_options(False)
+            _mlflow_credentials(train.set_memory_limit("16G").set_caching_options(False))
             evaluation = evaluate_op(
                 model=train.outputs["model"], registered=registered.outputs["registered"],
                 split=split.outputs["split"], normalized=normalized.outputs["normalized"],
-                params_yaml=params_yaml, profile=profile,
+                params_yaml=params_yaml, profile=profile, tracking_uri=tracking_uri,
             )
-            evaluation.set_display_name("evaluate").set_caching_options(False)
+            _mlflow_credentials(evaluation.set_display_name("evaluate").set_caching_options(False))
         report = compare_op(
             evaluations=dsl.Collected(evaluation.outputs["evaluation"]), params_yaml=params_yaml, profile=profile,
             tracking_uri=tracking_uri, study=study.outputs["study"], reference=reference.outputs["reference"],
         )
-        report.set_display_name("compare-to-baseline").set_caching_options(False)
+        _mlflow_credentials(report.set_display_name("compare-to-baseline").set_caching_options(False))
         return report.outputs["report"]
 
     return vce_study

@@ -14,8 +14,14 @@ def test_compiled_pipeline_is_up_to_date(tmp_path):
     )
 
 
+def _compiled() -> tuple[dict, dict]:
+    """The compiled pipeline spec and its platform (Kubernetes) spec."""
+    docs = list(yaml.safe_load_all((ROOT / "pipelines" / "vce_study.yaml").read_text()))
+    return docs[0], (docs[1] if len(docs) > 1 else {})
+
+
 def test_dag_shape():
-    spec = yaml.safe_load((ROOT / "pipelines" / "vce_study.yaml").read_text())
+    spec, _ = _compiled()
     tasks = spec["root"]["dag"]["tasks"]
     assert {"cohort-op", "register-op", "split-op", "normalize-op", "reference-op", "start-study-op", "compare-op"} <= set(tasks)
     loop = next(t for t in tasks.values() if "parameterIterator" in t)
@@ -51,3 +57,40 @@ def test_cli_help_lists_every_step(capsys):
     out = capsys.readouterr().out
     for step in ("synth", "register", "split", "normalize", "train", "evaluate", "compare", "predict", "run"):
         assert step in out
+
+
+def test_tracking_tasks_get_the_pipelines_tracking_uri_and_mlflow_credentials():
+    """Evaluation logs to the pipeline's tracking URI (not one named inside a checkpoint), and on
+    the cluster every task that talks to MLflow reads its user from the ``mlflow-auth`` Secret."""
+    from pipelines.vce_study import MLFLOW_SECRET
+
+    spec, platform = _compiled()
+    loop = next(t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t)
+    inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    ev = inner["evaluate-op"]["inputs"]["parameters"]["tracking_uri"]
+    assert ev == {"componentInputParameter": "pipelinechannel--tracking_uri"}
+    assert loop["inputs"]["parameters"]["pipelinechannel--tracking_uri"] == {"componentInputParameter": "tracking_uri"}
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("start-study-op", "train-op", "evaluate-op", "compare-op"):
+        (secret,) = executors[f"exec-{name}"]["secretAsEnv"]
+        assert secret["secretName"] == MLFLOW_SECRET and secret["optional"] is True, name
+        assert {k["envVar"]: k["secretKey"] for k in secret["keyToEnv"]} == {
+            "MLFLOW_TRACKING_USERNAME": "username", "MLFLOW_TRACKING_PASSWORD": "password"}, name
+    assert "secretAsEnv" not in executors.get("exec-register-op", {})  # no credentials where no tracking
+
+
+def test_every_component_dies_with_its_owner():
+    """Each component body starts with vce.runtime.die_with_parent() (kill -9 of `vce run` takes it along)."""
+    import inspect
+
+    import components.data
+    import components.evaluation
+    import components.training
+
+    comps = [obj for mod in (components.data, components.evaluation, components.training) for obj in vars(mod).values()
+             if hasattr(obj, "python_func") and obj.python_func.__module__ == mod.__name__]
+    assert len(comps) == 10
+    for c in comps:
+        body = inspect.getsource(c.python_func).split('"""')[2]
+        first = [ln.strip() for ln in body.splitlines() if ln.strip()][:2]
+        assert first == ["from vce.runtime import die_with_parent", "die_with_parent()  # a kill -9 of `vce run` takes this process with it"], c.name

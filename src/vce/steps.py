@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from .config import Config, Variant
-from .tracking import DEFAULT_EXPERIMENT, MlflowTracker, start_run
+from .tracking import DEFAULT_EXPERIMENT, MlflowTracker, preflight, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def normalize(split_dir: str | Path, out: str | Path, cfg: Config) -> dict[str, 
 def _tracker(tracking_uri: str | None, name: str, parent_run_id: str | None, experiment: str) -> MlflowTracker | None:
     if not tracking_uri:
         return None
+    preflight(tracking_uri)
     return start_run(tracking_uri, name, experiment=experiment, parent_run_id=parent_run_id or None)
 
 
@@ -95,14 +96,21 @@ def train(
     ``<normalized>/<variant.normalization>``; the checkpoint carries what ``predict`` needs (image
     size, slice selection, T1C calibration, MLflow run id).
     ``resume`` / ``state_dir`` / ``device``: see :func:`vce.training.trainer.train_variant`. Under
-    ``torchrun`` only rank 0 logs to MLflow."""
+    ``torchrun`` only rank 0 logs to MLflow, and every worker dies with torchrun
+    (:func:`vce.runtime.die_with_parent`). The checkpoint names its MLflow run, never the store:
+    where metrics go is the user's setting (``tracking_uri``), see :func:`evaluate`."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker
+        from .runtime import die_with_parent
+
+        die_with_parent()
+    if int(os.environ.get("RANK", "0")) != 0:
+        tracking_uri = None  # data-parallel worker: rank 0 alone tracks and writes
+    preflight(tracking_uri)  # before importing torch: an unreachable server is said in seconds
     from .training.trainer import train_variant
 
     v = variant if isinstance(variant, Variant) else cfg.variant(variant)
     normalized = Path(normalized)
     params = json.loads((normalized / "params.json").read_text()) if (normalized / "params.json").is_file() else {}
-    if int(os.environ.get("RANK", "0")) != 0:
-        tracking_uri = None  # data-parallel worker: rank 0 alone tracks and writes
     tracker = _tracker(tracking_uri, v.name, parent_run_id, experiment)
     metadata = {
         "image_size": cfg.split.image_size,
@@ -112,7 +120,6 @@ def train(
         "register": dataclasses.asdict(cfg.register),
         "profile": cfg.profile,
         "mlflow_run_id": tracker.run_id if tracker else None,
-        "tracking_uri": tracking_uri,
     }
     if tracker:
         tracker.set_tags({"vce.variant": v.name, "vce.profile": cfg.profile, "vce.model": v.model})
@@ -144,18 +151,35 @@ def _log_model(tracker: MlflowTracker, run_dir: Path, cfg: Config, v: Variant) -
 
 def evaluate(
     model_dir: str | Path, registered: str | Path, split_dir: str | Path, normalized: str | Path, out: str | Path,
-    cfg: Config, track: bool = True,
+    cfg: Config, track: bool = True, tracking_uri: str | None = None,
 ) -> pd.DataFrame:
-    """Evaluate a trained variant; metrics go to the variant's MLflow run when it has one."""
+    """Evaluate a trained variant. With ``track``, metrics, per-patient CSVs and the montage go
+    to the variant's MLflow run (the checkpoint's ``mlflow_run_id``) in the store the user
+    configured, ``tracking_uri`` (default :func:`vce.tracking.default_tracking_uri`), and only
+    if that run is there: never to a store named inside the checkpoint."""
     from .evaluation import evaluate_variant
     from .models.checkpoint import load_generator
 
     _, meta = load_generator(Path(model_dir) / "checkpoint.pt")
     md = meta.get("metadata") or {}
-    tracker = None
-    if track and md.get("mlflow_run_id") and md.get("tracking_uri"):
-        tracker = MlflowTracker(md["tracking_uri"], md["mlflow_run_id"])
+    tracker = _evaluation_tracker(Path(model_dir), md, tracking_uri) if track else None
     return evaluate_variant(model_dir, registered, split_dir, normalized, out, cfg.evaluate, tracker=tracker)
+
+
+def _evaluation_tracker(model_dir: Path, md: dict[str, Any], tracking_uri: str | None) -> MlflowTracker | None:
+    """The checkpoint's MLflow run in the user's store, or None (with a warning) when it is not there."""
+    from .tracking import default_tracking_uri, run_exists, shown_uri
+
+    run_id = md.get("mlflow_run_id")
+    if not run_id:
+        return None
+    uri = tracking_uri or default_tracking_uri()
+    preflight(uri)
+    if not run_exists(uri, run_id):
+        logger.warning("%s: its MLflow run %s is not in the tracking store %s: this evaluation is not tracked "
+                       "(use the --tracking-uri the model was trained with to track it)", model_dir, run_id, shown_uri(uri))
+        return None
+    return MlflowTracker(uri, run_id)
 
 
 def reference(registered: str | Path, split_dir: str | Path, normalized: str | Path, out: str | Path,
@@ -191,6 +215,8 @@ def compare(
         dirs[v.name] = d
         variants.append(v)
     tracked = bool(parent_run_id and tracking_uri)
+    if tracked:
+        preflight(tracking_uri)
     models = variant_models(tracking_uri, parent_run_id) if tracked else {}
     values, skipped = ch.read_metric(dirs, study.champion_metric)
     if tracked:
@@ -218,7 +244,12 @@ def compare(
 
 
 def start_study(tracking_uri: str, cfg: Config, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None) -> str:
-    """Open the study's parent MLflow run; returns its id."""
+    """Open the study's parent MLflow run; returns its id. First marks KILLED the runs a killed
+    study left RUNNING in ``experiment`` (:func:`vce.tracking.reconcile_dead_runs`)."""
+    from .tracking import reconcile_dead_runs
+
+    preflight(tracking_uri)
+    reconcile_dead_runs(tracking_uri, experiment)
     tr = start_run(tracking_uri, run_name or f"study-{cfg.profile}", experiment=experiment,
                    tags={"vce.profile": cfg.profile, "vce.role": "study"})
     tr.log_params({"profile": cfg.profile, "seed": cfg.seed, "n_variants": len(cfg.variants),

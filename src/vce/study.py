@@ -26,15 +26,35 @@ def run_study(
     parallelism: int | None = None,
     params_path: str | Path | None = None,
 ) -> Path:
-    """Run the study DAG locally; returns the report directory (``<out>/report``)."""
+    """Run the study DAG locally; returns the report directory (``<out>/report``).
+
+    One study per ``out`` at a time (an exclusive lock on ``<out>/.vce-run.lock``); an
+    ``http(s)`` tracking server is checked first (:func:`vce.tracking.preflight`). This process
+    owns the components it starts (:func:`vce.runtime.owning`: they die with it and tag their
+    MLflow runs with it); when the DAG fails, the runs it left RUNNING are closed FAILED (KILLED
+    on an interrupt), and the next study marks those of a killed run KILLED."""
+    from .runtime import exclusive_run
+    from .tracking import preflight
+
+    t0 = time.time()
+    data, out = Path(data).resolve(), Path(out).resolve()
+    preflight(tracking_uri)
+    with exclusive_run(out):
+        report = _run_locked(cfg, data, out, tracking_uri, experiment, parallelism, params_path)
+    _print_summary(report, out / "kfp", tracking_uri, time.time() - t0)
+    return report
+
+
+def _run_locked(cfg: Config, data: Path, out: Path, tracking_uri: str | None, experiment: str | None,
+                parallelism: int | None, params_path: str | Path | None) -> Path:
+    """:func:`run_study` once ``out`` is locked: the cohort, then the DAG as this process's own."""
     from kfp import local
     from pipelines.vce_study import build_pipeline, default_arguments
 
     from . import steps
+    from .runtime import owning
     from .tracking import DEFAULT_EXPERIMENT
 
-    t0 = time.time()
-    data, out = Path(data).resolve(), Path(out).resolve()
     params_path = Path(params_path) if params_path else default_params_path()
     if not (data.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in data.iterdir())):
         logger.info("no cohort at %s: synthesising the %s cohort (%d patients)", data, cfg.profile, cfg.synth.n_patients)
@@ -49,17 +69,31 @@ def run_study(
     pipeline = build_pipeline(parallelism=parallelism or cfg.study.parallelism, defaults=defaults)
     logger.info("running the study DAG (%d variants, profile %s) with the kfp local runner; artifacts under %s",
                 len(cfg.variants), cfg.profile, root)
-    task = pipeline(
-        params_yaml=defaults["params_yaml"], profile=cfg.profile, source_dir=str(data),
-        tracking_uri=tracking_uri or "", experiment=experiment,
-    )
-    src = Path(task.output.path)
+    with owning() as me:
+        try:
+            task = pipeline(
+                params_yaml=defaults["params_yaml"], profile=cfg.profile, source_dir=str(data),
+                tracking_uri=tracking_uri or "", experiment=experiment,
+            )
+        except BaseException as exc:
+            _close_runs(tracking_uri, me.token, experiment, "FAILED" if isinstance(exc, Exception) else "KILLED")
+            raise
     report = out / "report"
     with atomic_dir(report) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-    wall = time.time() - t0
-    _print_summary(report, root, tracking_uri, wall)
+        shutil.copytree(Path(task.output.path), tmp, dirs_exist_ok=True)
     return report
+
+
+def _close_runs(tracking_uri: str | None, token: str, experiment: str, status: str) -> None:
+    """Close the MLflow runs this study left RUNNING (best effort: the original error matters more)."""
+    if not tracking_uri:
+        return
+    from .tracking import close_owned_runs
+
+    try:
+        close_owned_runs(tracking_uri, token, status, experiment)
+    except Exception as exc:  # noqa: BLE001 - e.g. the server went away: the next study reconciles
+        logger.warning("could not close this study's MLflow runs at %s: %s", tracking_uri, exc)
 
 
 def check_synthetic_cohort(data: Path, cfg: Config) -> None:

@@ -73,13 +73,102 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = 8) -> Any:
 
 
 def _client(tracking_uri: str):
+    """An MLflow client whose tracking *and* registry URIs are ``tracking_uri`` (never MLflow's
+    process-wide defaults), with HTTP retries capped (:func:`cap_http_retries`)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    cap_http_retries()
     from mlflow.tracking import MlflowClient
 
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+# --------------------------------------------------------------------------- reaching the server
+#: MLflow's HTTP client retries 7 times with exponential back-off (about 4 min on a dead server)
+#: and waits 120 s per request; these caps apply unless the user set the variables.
+HTTP_RETRY_CAPS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+PREFLIGHT_TIMEOUT_S = 5.0
+PREFLIGHT_PATH = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+def cap_http_retries() -> None:
+    """Cap MLflow's HTTP retries and timeout (:data:`HTTP_RETRY_CAPS`) in this process and its
+    children, leaving values the user set alone."""
+    for k, v in HTTP_RETRY_CAPS.items():
+        os.environ.setdefault(k, v)
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` without a password (``http://user:secret@host`` -> ``http://user:***@host``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def preflight(tracking_uri: str | None, timeout: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """Check once per process that an ``http(s)://`` tracking server answers, before any work.
+
+    One GET of :data:`PREFLIGHT_PATH` with ``timeout`` (and the credentials MLflow would send:
+    ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``); also caps MLflow's
+    retries for the rest of the run. Other URIs (SQLite, databases) are not checked here.
+    Raises :class:`~vce.io.errors.VCEEnvironmentError`: ``MLflow tracking server <uri>:
+    unreachable (<reason>)``, or ``... access denied (HTTP 401) ...`` without valid credentials."""
+    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
+        return
+    cap_http_retries()
+    if tracking_uri in _REACHED:
+        return
+    import urllib.error
+    import urllib.request
+
+    from .io.errors import VCEEnvironmentError
+
+    where = f"MLflow tracking server {shown_uri(tracking_uri)}"
+    req = urllib.request.Request(tracking_uri.rstrip("/") + PREFLIGHT_PATH, headers=_auth_headers())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=_tls_context()) as resp:
+            resp.read(1)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise VCEEnvironmentError(f"{where}: access denied (HTTP {exc.code}); set MLFLOW_TRACKING_USERNAME and "
+                                      "MLFLOW_TRACKING_PASSWORD to an MLflow user's (docs/tracking.md)") from None
+        raise VCEEnvironmentError(f"{where}: not an MLflow tracking server? (HTTP {exc.code} for {PREFLIGHT_PATH})") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise VCEEnvironmentError(f"{where}: unreachable ({reason})") from None
+    _REACHED.add(tracking_uri)
+
+
+_REACHED: set[str] = set()
+
+
+def _auth_headers() -> dict[str, str]:
+    """The HTTP authorisation MLflow's client sends, from its environment variables."""
+    import base64
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}
+    return {}
+
+
+def _tls_context() -> Any:
+    """The TLS verification MLflow's client uses (``MLFLOW_TRACKING_INSECURE_TLS``,
+    ``MLFLOW_TRACKING_SERVER_CERT_PATH``)."""
+    import ssl
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()  # noqa: S323 - the user asked for it, as MLflow honours it
+    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
 
 
 def get_or_create_experiment(tracking_uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
@@ -137,9 +226,14 @@ def start_run(
     tracking_uri: str, run_name: str, experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> MlflowTracker:
-    """Create a run (a child of ``parent_run_id`` when given) and return its tracker."""
+    """Create a run (a child of ``parent_run_id`` when given) and return its tracker. The run is
+    tagged with its owner process (``vce.owner.*``, :func:`vce.runtime.owner`), so that a study
+    can close the runs it leaves open (:func:`close_owned_runs`) and the next one can tell runs
+    of a killed process (:func:`reconcile_dead_runs`)."""
+    from .runtime import owner
+
     exp_id = get_or_create_experiment(tracking_uri, experiment)
-    all_tags = dict(tags or {})
+    all_tags = {**owner().tags(), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     client = _client(tracking_uri)
@@ -155,6 +249,72 @@ def study_runs(tracking_uri: str, parent_run_id: str) -> list[Any]:
     return client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
     )
+
+
+def run_exists(tracking_uri: str, run_id: str) -> bool:
+    """Whether run ``run_id`` is in the store at ``tracking_uri`` (a SQLite file that does not
+    exist is not created to find out)."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        return False
+    client = _client(tracking_uri)
+    try:
+        _retry(lambda: client.get_run(run_id), "get run")
+    except Exception as exc:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST / bad id
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower() or "INVALID_PARAMETER" in str(exc):
+            return False
+        raise
+    return True
+
+
+def _running_runs(tracking_uri: str, experiment: str, tag_filter: str) -> tuple[Any, list[Any]]:
+    """The client and the RUNNING runs of ``experiment`` matching ``tag_filter`` (an MLflow
+    filter clause), all pages; no runs when the experiment does not exist."""
+    client = _client(tracking_uri)
+    exp = _retry(lambda: client.get_experiment_by_name(experiment), "get experiment")
+    if exp is None:
+        return client, []
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = _retry(lambda: client.search_runs([exp.experiment_id], f"attributes.status = 'RUNNING' and {tag_filter}",
+                                                 max_results=1000, page_token=token), "search runs")
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return client, runs
+
+
+def close_owned_runs(tracking_uri: str, token: str, status: str = "FAILED",
+                     experiment: str = DEFAULT_EXPERIMENT) -> int:
+    """Terminate with ``status`` the runs of ``experiment`` still RUNNING that the owner with
+    ``token`` opened (tag ``vce.owner.token``): a study's parent and children after its DAG
+    failed. Returns how many."""
+    client, runs = _running_runs(tracking_uri, experiment, f"tags.`vce.owner.token` = '{token}'")
+    for r in runs:
+        _retry(lambda: client.set_terminated(r.info.run_id, status), "terminate run")
+    if runs:
+        logger.warning("marked %d MLflow run(s) of this study %s: %s", len(runs), status,
+                       ", ".join(sorted(r.info.run_name or r.info.run_id for r in runs)))
+    return len(runs)
+
+
+def reconcile_dead_runs(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> int:
+    """Mark KILLED (end time now) the RUNNING runs of ``experiment`` whose owner process
+    (``vce.owner.*`` tags) ran on this host and is gone: what a ``kill -9`` of ``vce run`` left.
+    Runs of live owners, of other hosts and without owner tags are left alone. Returns how many."""
+    import socket
+
+    from .runtime import owner_alive
+
+    host = socket.gethostname()
+    client, runs = _running_runs(tracking_uri, experiment, f"tags.`vce.owner.host` = '{host}'")
+    dead = [r for r in runs if owner_alive(r.data.tags, host) is False]
+    for r in dead:
+        _retry(lambda: client.set_terminated(r.info.run_id, "KILLED"), "terminate run")
+    if dead:
+        logger.warning("marked %d MLflow run(s) in experiment %r KILLED: their process on this host (pid %s) is gone",
+                       len(dead), experiment, ", ".join(sorted({r.data.tags["vce.owner.pid"] for r in dead})))
+    return len(dead)
 
 
 # --------------------------------------------------------------------------- models & registry
@@ -187,12 +347,12 @@ def log_generator_model(
     x = np.zeros((1, n_modalities, image_size, image_size), np.float32)
     signature = infer_signature(x, np.zeros((1, 1, image_size, image_size), np.float32))
     reqs = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
-    mlflow.set_tracking_uri(tracker.tracking_uri)
 
     def go() -> Any:
         import warnings
 
-        with mlflow.start_run(run_id=tracker.run_id), warnings.catch_warnings():
+        with _process_tracking_uri(tracker.tracking_uri), mlflow.start_run(run_id=tracker.run_id), \
+                warnings.catch_warnings():
             # the signature is given; an input example would only duplicate it (and weigh MBs at 192^2)
             warnings.filterwarnings("ignore", message=".*input example was not provided.*")
             return mlflow.pyfunc.log_model(
@@ -218,15 +378,27 @@ def variant_models(tracking_uri: str, parent_run_id: str) -> dict[str, dict[str,
 
 @contextlib.contextmanager
 def _process_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking URI set to ``uri`` for the block, restored after."""
+    """MLflow's process-wide tracking *and* registry URIs set to ``uri`` for the block; both,
+    and the ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI`` variables MLflow sets with them,
+    restored after (unset stays unset)."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    prev_uri = mlflow.get_tracking_uri()
+    prev = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(prev_uri)
+        mlflow.set_tracking_uri(prev[0])
+        mlflow.set_registry_uri(prev[1])
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def promote_champion(
