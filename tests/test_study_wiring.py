@@ -89,3 +89,43 @@ def test_kfp_code_imports_without_the_repo_root_on_sys_path(tmp_path):
     assert ROOT.resolve() not in {Path(p).resolve() for p in json.loads(proc.stdout) if p}
     study = (ROOT / "src" / "vce" / "study.py").read_text()
     assert "sys.path" not in study
+
+
+def test_evaluation_tracks_only_to_the_users_store(tiny_cfg, tiny_registered, tiny_split, tiny_normalized, tmp_path,
+                                                    monkeypatch, caplog):
+    """A checkpoint does not decide where patient data goes: one trained with store B (and, as older
+    checkpoints did, naming B in its metadata) evaluated with store A configured (MLFLOW_TRACKING_URI)
+    sends nothing to B and creates nothing in A (its run is not there: a warning says so); with B
+    configured, the evaluation lands in the checkpoint's run."""
+    import logging
+
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from vce import steps
+
+    a, b = f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}", f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+    run_dir = steps.train(tiny_normalized, tmp_path / "run", tiny_cfg, "pgmgvce_main", tracking_uri=b)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    run_id = ckpt["metadata"]["mlflow_run_id"]
+    assert run_id and "tracking_uri" not in ckpt["metadata"]  # the checkpoint names its run, not a store
+    ckpt["metadata"]["tracking_uri"] = b  # what a checkpoint of an older version (or a crafted one) carries
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    client_b = MlflowClient(b, b)
+
+    def seen_in_b() -> tuple[set, set]:
+        run = client_b.get_run(run_id)
+        return set(run.data.metrics), {f.path for f in client_b.list_artifacts(run_id)}
+
+    before = seen_in_b()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", a)
+    with caplog.at_level(logging.WARNING, logger="vce.steps"):
+        steps.evaluate(run_dir, tiny_registered, tiny_split, tiny_normalized, tmp_path / "eval_a", tiny_cfg)
+    assert (tmp_path / "eval_a" / "metrics_patients.csv").is_file()
+    assert seen_in_b() == before and "evaluation" not in before[1]  # nothing reached B
+    assert not (tmp_path / "a").exists()  # nor was a store made in A for a run it does not hold
+    assert any(run_id in r.getMessage() and a in r.getMessage() and "not tracked" in r.getMessage() for r in caplog.records)
+
+    steps.evaluate(run_dir, tiny_registered, tiny_split, tiny_normalized, tmp_path / "eval_b", tiny_cfg, tracking_uri=b)
+    metrics, artifacts = seen_in_b()
+    assert "mae_body" in metrics - before[0] and "evaluation" in artifacts  # configured: it lands in the run
