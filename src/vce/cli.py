@@ -1,7 +1,12 @@
 """``vce``: one command, one sub-command per step of the study. Argument parsing only.
 
 Every sub-command reads ``params.yaml`` (``--params``, ``--profile``) and calls
-:mod:`vce.steps`. Bad input exits with status 2 and a message naming the file.
+:mod:`vce.steps`. Bad input exits with status 2 and a message naming the file. :func:`main` is
+the one error boundary: bad input (:class:`~vce.io.errors.VCEInputError`, ``ConfigError``) and
+the machine's faults (read-only or forbidden output, full disk, an ``OSError`` naming a file:
+:func:`vce.io.errors.environment_error`) become one line ``vce <step>: error: <path>: <what>``
+with exit status 2; anything else is a bug and keeps its traceback (``-v`` also logs the
+traceback of an environment error at debug level).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import Config, ConfigError, Variant, load_config
-from .io.errors import VCEInputError
+from .io.atomic import check_writable
+from .io.errors import VCEEnvironmentError, VCEInputError, environment_error
 
 OUT = Path("outputs")
 
@@ -156,12 +162,40 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except (VCEInputError, ConfigError) as exc:
-        print(f"vce {args.cmd}: error: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(args, exc)
+    except Exception as exc:  # the one error boundary: the machine's faults become one line, bugs keep their traceback
+        env = environment_error(exc, _output_path(args))
+        if env is None:
+            raise
+        env.__cause__ = exc
+        return _refuse(args, env)
+
+
+def _refuse(args: argparse.Namespace, exc: Exception) -> int:
+    """Print ``vce <step>: error: <message>`` on one line (stderr) and return exit status 2; an
+    environment error's traceback (of what the machine raised) is logged at debug level (``-v``)."""
+    if isinstance(exc, VCEEnvironmentError) and exc.__cause__ is not None:
+        logging.getLogger(__name__).debug("vce %s: %s", args.cmd, type(exc.__cause__).__name__, exc_info=exc.__cause__)
+    print(f"vce {args.cmd}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _output_paths(args: argparse.Namespace) -> list[Path]:
+    """Where the step writes: ``--out``, ``--report``, ``--state-dir`` as given, else ``outputs``."""
+    given = [Path(v) for v in (getattr(args, n, None) for n in ("out", "report", "state_dir")) if v]
+    return given or [OUT]
+
+
+def _output_path(args: argparse.Namespace) -> Path:
+    """The step's main output: named by an environment error that names no file, and whose free
+    space tells a full disk from a bug."""
+    return _output_paths(args)[0]
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     cfg = load_config(args.params, args.profile)
+    for out in _output_paths(args):  # a read-only or forbidden output fails now, not after the work
+        check_writable(out)
     return COMMANDS[args.cmd](args, cfg)
 
 
@@ -277,8 +311,10 @@ def _compare(args: argparse.Namespace, cfg: Config) -> int:
 
 def _predict(args: argparse.Namespace, cfg: Config) -> int:
     from . import steps
+    from .predict import check_output
     from .tracking import default_tracking_uri
 
+    check_output(args.out)  # before the model is resolved or any image read
     steps.predict(args.t1, args.t2, args.model, args.out, cfg, tracking_uri=args.tracking_uri or default_tracking_uri())
     print(f"wrote {args.out}")
     return 0

@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import NORMALIZATIONS
-from ..io.atomic import atomic_dir, write_json
-from ..io.errors import VCEInputError
+from ..io.atomic import atomic_dir, ensure_free_space, write_json
+from ..io.errors import VCEInputError, npy_error
 from .split import SPLITS, STORE_MODALITIES
 
 logger = logging.getLogger(__name__)
@@ -342,9 +342,18 @@ def _check_slice_store(split_dir: Path) -> None:
                 raise VCEInputError(f"{split_dir / s / f}: missing from the slice store (run `vce split` first)")
 
 
+def _open_store_array(path: Path) -> np.ndarray:
+    """One memory-mapped array of the slice store; :class:`VCEInputError` naming the file when it
+    cannot be read (an object array is refused, never unpickled)."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise npy_error(path, exc) from None
+
+
 def _open_slice_store(split_dir: Path) -> tuple[dict[str, _Store], dict[str, _Rows]]:
     """The memory-mapped arrays of every split, and each split's ``{pid: row indices}`` (index.csv order)."""
-    arrays = {s: {m: np.load(split_dir / s / f"{m}.npy", mmap_mode="r") for m in (*STORE_MODALITIES, "body")} for s in SPLITS}
+    arrays = {s: {m: _open_store_array(split_dir / s / f"{m}.npy") for m in (*STORE_MODALITIES, "body")} for s in SPLITS}
     index = {s: pd.read_csv(split_dir / s / "index.csv") for s in SPLITS}
     rows = {s: {p: np.flatnonzero(index[s].patient.to_numpy() == p) for p in index[s].patient.unique()} for s in SPLITS}
     return arrays, rows
@@ -411,6 +420,13 @@ def _write_normalized_split(
         del out
 
 
+def _normalized_nbytes(arrays: dict[str, _Store], methods: tuple[str, ...]) -> int:
+    """Bytes :func:`normalize_split` writes: a float32 copy of every modality of every split per method
+    (plus a page of header per file)."""
+    per_method = sum(int(np.prod(arrays[s][m].shape)) * 4 + 4096 for s in SPLITS for m in STORE_MODALITIES)
+    return per_method * len(methods)
+
+
 def _log_calibration(loo: dict[str, Any]) -> None:
     """Log the leave-one-patient-out error of the T1C calibration (nothing without loo patients)."""
     if loo.get("n_patients"):
@@ -435,6 +451,8 @@ def normalize_split(split_dir: str | Path, out_dir: str | Path, methods: tuple[s
     train_pids = sorted(rows["train"])
     report, report_table = calibration_report(stats, train_pids, sorted(rows["test"]), _lazy_t1c_body(arrays, rows))
     params = _normalization_params(methods, stats, rows, train_pids, report["loo"])
+    # the arrays are written memory-mapped, which dies of SIGBUS on a full disk: check first
+    ensure_free_space(Path(out_dir).parent, _normalized_nbytes(arrays, methods), "the normalised slice store", final=out_dir)
     with atomic_dir(out_dir) as tmp:
         for method in methods:
             for s in SPLITS:

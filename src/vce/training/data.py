@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vce.config import MODALITIES
-from vce.io.errors import VCEInputError
+from vce.io.errors import VCEInputError, npy_error
 
 __all__ = ["TARGET", "SliceDataset", "SeededBatchSampler", "check_split", "holdout_patients", "training_sets"]
 
@@ -33,8 +33,8 @@ def _open(path: Path) -> np.ndarray:
         raise VCEInputError(f"missing input file {path} (expected an (N, S, S) float array from the normalize step)")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - any read error is a bad input file
-        raise VCEInputError(f"{path}: not a readable .npy array: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any read error is a bad input file; an object array is never unpickled
+        raise npy_error(path, exc) from None
     if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
         raise VCEInputError(f"{path}: expected an (N, S, S) array of square slices, got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.floating):
