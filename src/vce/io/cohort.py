@@ -52,6 +52,30 @@ def case_duplicates(names: Iterable[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def content_duplicates(fingerprints: dict[str, dict[str, str]]) -> list[tuple[str, str, list[str]]]:
+    """``(first, later, modalities)`` for every pair of patients (in input order) whose listed
+    modalities have equal fingerprints (``{pid: {modality: hash}}``): identical voxels in two
+    patients are one scan under two ids, which would leak across the train/test split."""
+    owner: dict[tuple[str, str], str] = {}
+    pairs: dict[tuple[str, str], list[str]] = {}
+    for pid, prints in fingerprints.items():
+        for mod in REQUIRED:
+            h = prints.get(mod)
+            if h is None:
+                continue
+            if (mod, h) in owner:
+                pairs.setdefault((owner[mod, h], pid), []).append(mod)
+            else:
+                owner[mod, h] = pid
+    return [(a, b, mods) for (a, b), mods in pairs.items()]
+
+
+def duplicate_message(first: str, later: str, modalities: list[str]) -> str:
+    """The error for one patient under two ids (validate, register and split say the same)."""
+    return (f"patients {first} and {later} have identical {', '.join(modalities)} (same content hash): one patient "
+            "under two ids would leak across the train/test split; remove the copy")
+
+
 def list_patients(cohort_dir: str | Path, required: tuple[str, ...] = REQUIRED) -> list[str]:
     """Sorted patient ids of ``cohort_dir``, checking each has the ``required`` modalities."""
     cohort_dir = Path(cohort_dir)
