@@ -80,13 +80,13 @@ def test_every_problem_is_reported(tmp_path, tiny_cohort, capsys):
     assert ("error", "not_3d") in checks[name("fourd")]
     assert ("error", "non_finite") in checks[name("nan")]
     assert ("error", "constant") in checks[name("zero")]
-    assert checks[name("neg")] == {("warning", "negative")}
+    assert checks[name("neg")] == {("error", "intensity_range")}  # outside the 12-bit range [0, 4095]
     assert {("warning", "tiny_fov"), ("warning", "fov_mismatch")} <= checks[name("fov")]
-    assert {("error", "mask_shape"), ("warning", "unexpected_file")} <= checks[name("mask")]
+    assert checks[name("mask")] == {("warning", "mask_grid"), ("warning", "unexpected_file")}  # register resamples it
     assert [i["file"] for i in r["patients"][name("mask")]["issues"] if i["check"] == "unexpected_file"] == [str(p["mask"] / "t1c.nii")]
     assert ("error", "patient_id") in checks["Bad Name"]
     assert ("error", "duplicate_id") in checks[p["mask"].name.lower()]
-    assert r["n_usable"] == 2 and not r["ok"]  # 'neg' and 'fov' have warnings only
+    assert r["n_usable"] == 2 and not r["ok"]  # 'fov' and 'mask' have warnings only
     assert r["cohort"] == []  # 2 usable patients still split 1:1 with the tiny profile
     # the extent behind tiny_fov, independently: 20 voxels x 4.4 mm
     assert np.allclose(physical_extent(small)[:2], [88.0, 88.0], atol=1e-3)

@@ -4,19 +4,29 @@ Per patient of ``<raw>/<pid>/`` (the layout of :mod:`vce.io.cohort`) it reports 
 finds, not only the first, each as an issue ``(patient, file, severity, check, message)``:
 
 errors (the study would refuse the cohort): ``patient_id`` (unsafe directory name),
-``duplicate_id`` (ids equal up to case), ``missing`` modality, ``unreadable`` (not an image,
-empty), ``truncated`` (NIfTI data shorter than its header says), ``not_3d`` (e.g. 4D),
-``not_scalar``, ``non_finite`` (NaN/Inf), ``constant`` (e.g. all zero), ``mask_shape`` (tumour
-mask not on the T2 grid), ``clean_grid`` (the optional noise-free ``T1C_clean.nii.gz`` of a
-synthetic patient not on the T1C's grid), ``wm_grid`` (the optional white-matter mask
-``wm_mask.nii.gz`` not on the T2 grid), ``no_patients``, ``cohort_too_small`` (the configured
-split needs more). The optional files (tumour mask, T1C_clean, wm_mask) may be absent.
+``duplicate_id`` (ids equal up to case), ``duplicate_patient`` (two ids whose T1, T2 or T1C hold
+identical voxels: one patient under two ids), ``missing`` modality, ``unreadable`` (not an
+image, empty), ``truncated`` (NIfTI data shorter than its header says, checked before reading),
+``spacing`` (a voxel spacing that is zero/missing, negative, NaN or Inf), ``not_3d`` (e.g. 4D),
+``not_scalar``, ``non_finite`` (NaN/Inf), ``constant`` (e.g. all zero), ``intensity_range``
+(T1/T2/T1C outside the 12-bit scanner range [0, 4095], e.g. a 16-bit or signed cohort),
+``mask_outside`` (tumour mask not overlapping the T2 volume at all), ``clean_grid`` (the optional
+noise-free ``T1C_clean.nii.gz`` of a synthetic patient not on the T1C's grid), ``wm_grid`` (the
+optional white-matter mask ``wm_mask.nii.gz`` not on the T2 grid), ``no_patients``,
+``cohort_too_small`` (the configured split needs more). The optional files (tumour mask,
+T1C_clean, wm_mask) may be absent.
 
-warnings (the study runs, but look): ``negative`` values, ``tiny_fov`` (in-plane field of view
-below ``min_fov_mm``), ``fov_mismatch`` (physical extent of T1/T1C differs from T2 by more than
-``fov_tolerance``, relative, on some axis), ``mask_grid`` (mask spacing/origin/direction differ
-from T2), ``mask_values`` (mask not 0/1), ``empty_mask``, ``unexpected_file`` (an image file or folder
-with another name, e.g. ``t1.nii.gz`` or ``T1.nii``: probably a misnamed modality).
+warnings (the study runs, but look): ``tiny_fov`` (in-plane field of view below ``min_fov_mm``),
+``fov_mismatch`` (physical extent of T1/T1C differs from T2 by more than ``fov_tolerance``,
+relative, on some axis), ``mask_grid`` (tumour mask on another grid than T2: ``register``
+resamples it onto the T2 grid), ``mask_values`` (mask not 0/1), ``empty_mask``,
+``unexpected_file`` (an image file or folder with another name, e.g. ``t1.nii.gz`` or ``T1.nii``:
+probably a misnamed modality).
+
+The integrity pass (:data:`INTEGRITY_CHECKS`: truncated headers, spacing, intensity range,
+duplicate patients, masks outside the T2 volume) is also enforced by ``vce register`` (on the
+raw cohort) and ``vce split`` (on the registered one) through :func:`check_integrity`, before
+either does any work, so no step runs on a cohort that validate would refuse for these reasons.
 
 The report is written as JSON and CSV (atomically); nothing else is written.
 """
@@ -34,9 +44,17 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..io.atomic import write_json, write_text
-from ..io.cohort import REQUIRED, case_duplicates, check_patient_id
+from ..io.cohort import REQUIRED, case_duplicates, check_patient_id, content_duplicates, duplicate_message
 from ..io.errors import VCEInputError
-from ..io.nifti import PATIENT_FILES
+from ..io.nifti import (
+    PATIENT_FILES,
+    header_size_problem,
+    header_spacing_problem,
+    intensity_problem,
+    resample_mask,
+    spacing_problem,
+    voxel_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +62,8 @@ logger = logging.getLogger(__name__)
 KNOWN_EXTRA = {"motion.json", "transforms.json", "qc.json"}
 #: image-like names that, when not one of the expected files, probably are a misnamed modality
 _IMAGE_EXT = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".dcm")
+#: The checks of the integrity pass that ``register`` and ``split`` enforce too (:func:`check_integrity`).
+INTEGRITY_CHECKS = frozenset({"truncated", "spacing", "intensity_range", "duplicate_patient", "mask_outside"})
 
 
 @dataclass(frozen=True)
@@ -61,40 +81,59 @@ def physical_extent(img: sitk.Image) -> np.ndarray:
     return d @ (np.asarray(img.GetSize(), float) * np.asarray(img.GetSpacing(), float))
 
 
+def _header_problem(path: Path) -> tuple[str, str] | None:
+    """(check, message) when the file's header alone shows it unusable: not a NIfTI header
+    (``unreadable``), less data than the header claims (``truncated``), a bad ``pixdim``
+    (``spacing``). Nothing is allocated from the header before this passes."""
+    try:
+        size = header_size_problem(path)
+        if size:
+            return "truncated", size
+        spacing = header_spacing_problem(path)
+    except VCEInputError as exc:
+        return "unreadable", str(exc).removeprefix(f"{path}: ")
+    return ("spacing", spacing) if spacing else None
+
+
+def _nifti_content_problem(path: Path) -> tuple[str, str] | None:
+    """(check, message) from the stored NIfTI voxels (nibabel): truncated data, not 3D, NaN/Inf."""
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as exc:  # noqa: BLE001 - truncated gzip, short data
+        return "truncated", f"truncated or corrupt NIfTI ({exc})"
+    if data.ndim != 3 and not (data.ndim == 4 and data.shape[3] == 1):  # (x, y, z, 1) is 3D
+        return "not_3d", f"must be a 3D volume, got {data.ndim}D NIfTI of shape {data.shape}"
+    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        return "non_finite", f"{int(np.size(data) - np.isfinite(data).sum())} NaN/Inf voxel(s)"
+    return None
+
+
 def _read(path: Path, pid: str, what: str, issues: list[Issue]) -> sitk.Image | None:
     """Read ``path`` and run the content checks; append issues; the image if usable as 3D."""
     def err(check: str, msg: str) -> None:
         issues.append(Issue(pid, str(path), "error", check, f"{what}: {msg}"))
 
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        err("unreadable", f"cannot read as an image ({last})")
-        return None
-    if path.name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
+    problem = _header_problem(path)
+    if problem is None:
         try:
-            data = np.asanyarray(nib.load(str(path)).dataobj)
-        except Exception as exc:  # noqa: BLE001 - truncated gzip, short data
-            err("truncated", f"truncated or corrupt NIfTI ({exc})")
-            return None
-        if data.ndim != 3 and not (data.ndim == 4 and data.shape[3] == 1):  # (x, y, z, 1) is 3D
-            err("not_3d", f"must be a 3D volume, got {data.ndim}D NIfTI of shape {data.shape}")
-            return None
-        if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-            err("non_finite", f"{int(np.size(data) - np.isfinite(data).sum())} NaN/Inf voxel(s)")
-            return None
-    if img.GetDimension() != 3:
-        err("not_3d", f"must be a 3D volume, got {img.GetDimension()}D (size {img.GetSize()})")
-        return None
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        err("not_scalar", f"has {img.GetNumberOfComponentsPerPixel()} components per voxel, need 1")
-        return None
-    arr = sitk.GetArrayViewFromImage(img)
-    if not np.all(np.isfinite(arr)):
-        err("non_finite", "contains NaN/Inf")
+            img = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+            problem = "unreadable", f"cannot read as an image ({last})"
+    if problem is None and path.name.endswith((".nii", ".nii.gz")):
+        problem = _nifti_content_problem(path)
+    if problem is None and img.GetDimension() != 3:
+        problem = "not_3d", f"must be a 3D volume, got {img.GetDimension()}D (size {img.GetSize()})"
+    if problem is None and img.GetNumberOfComponentsPerPixel() != 1:
+        problem = "not_scalar", f"has {img.GetNumberOfComponentsPerPixel()} components per voxel, need 1"
+    if problem is None and not np.all(np.isfinite(sitk.GetArrayViewFromImage(img))):
+        problem = "non_finite", "contains NaN/Inf"
+    if problem is None and spacing_problem(img.GetSpacing()):
+        problem = "spacing", spacing_problem(img.GetSpacing())
+    if problem is not None:
+        err(*problem)
         return None
     return img
 
@@ -111,13 +150,14 @@ def _check_mask_content(pid: str, path: Path, arr: np.ndarray, hi: float, issues
 def _check_modality_content(
     pid: str, path: Path, what: str, img: sitk.Image, lo: float, hi: float, min_fov_mm: float, issues: list[Issue]
 ) -> bool:
-    """Constant (error), negative and small-field-of-view (warnings) checks of one modality with
-    value range ``lo .. hi``; False if constant."""
+    """Constant and intensity-range (errors) and small-field-of-view (warning) checks of one modality
+    with value range ``lo .. hi``; False if constant."""
     if lo == hi:
         issues.append(Issue(pid, str(path), "error", "constant", f"{what} is constant (all voxels = {lo:g})"))
         return False
-    if lo < 0:
-        issues.append(Issue(pid, str(path), "warning", "negative", f"{what} has negative values (min {lo:g}); MR magnitudes are >= 0"))
+    problem = intensity_problem(lo, hi)
+    if problem:
+        issues.append(Issue(pid, str(path), "error", "intensity_range", f"{what}: {problem}"))
     fov = np.asarray(img.GetSize()[:2], float) * np.asarray(img.GetSpacing()[:2], float)
     if fov.min() < min_fov_mm:
         issues.append(Issue(pid, str(path), "warning", "tiny_fov",
@@ -129,11 +169,14 @@ def _check_modality_content(
 OPTIONAL = {"mask": "tumour mask", "T1C_clean": "noise-free T1C", "wm": "white-matter mask"}
 
 
-def _read_volumes(pdir: Path, pid: str, min_fov_mm: float, issues: list[Issue]) -> dict[str, sitk.Image]:
+def _read_volumes(
+    pdir: Path, pid: str, min_fov_mm: float, issues: list[Issue], fingerprints: dict[str, str]
+) -> dict[str, sitk.Image]:
     """Read and check each modality and the optional files; the usable images by PATIENT_FILES key.
 
-    The noise-free T1C and the white-matter mask are only checked for readability here (their
-    grids in :func:`_check_optional_grids`)."""
+    ``fingerprints`` receives each readable modality's :func:`voxel_fingerprint` (duplicate
+    patients). The noise-free T1C and the white-matter mask are only checked for readability
+    here (their grids in :func:`_check_optional_grids`)."""
     imgs: dict[str, sitk.Image] = {}
     for mod in (*REQUIRED, *OPTIONAL):
         path = pdir / PATIENT_FILES[mod]
@@ -147,6 +190,8 @@ def _read_volumes(pdir: Path, pid: str, min_fov_mm: float, issues: list[Issue]) 
             continue
         arr = sitk.GetArrayViewFromImage(img)
         lo, hi = float(arr.min()), float(arr.max())
+        if mod in REQUIRED:
+            fingerprints[mod] = voxel_fingerprint(img)
         if mod == "mask":
             _check_mask_content(pid, path, arr, hi, issues)
         elif mod not in OPTIONAL and not _check_modality_content(pid, path, what, img, lo, hi, min_fov_mm, issues):
@@ -185,13 +230,31 @@ def _check_against_t2(pdir: Path, pid: str, imgs: dict[str, sitk.Image], fov_tol
                 issues.append(Issue(pid, str(pdir / PATIENT_FILES[mod]), "warning", "fov_mismatch",
                                     f"{mod} extent {np.round(ext, 1).tolist()} mm differs from T2 extent "
                                     f"{np.round(ref, 1).tolist()} mm by {100 * rel.max():.0f}% (> {100 * fov_tolerance:g}%)"))
-    if "mask" in imgs:
-        m, path = imgs["mask"], str(pdir / PATIENT_FILES["mask"])
-        if m.GetSize() != t2.GetSize():
-            issues.append(Issue(pid, path, "error", "mask_shape", f"tumour mask size {m.GetSize()} != T2 size {t2.GetSize()}"))
-        elif not (np.allclose(m.GetSpacing(), t2.GetSpacing(), atol=1e-3) and np.allclose(m.GetOrigin(), t2.GetOrigin(), atol=1e-2)
-                  and np.allclose(m.GetDirection(), t2.GetDirection(), atol=1e-4)):
-            issues.append(Issue(pid, path, "warning", "mask_grid", "tumour mask spacing/origin/direction differ from T2's"))
+    if "mask" in imgs and not _same_grid(imgs["mask"], t2):
+        issues.append(_mask_grid_issue(pid, pdir / PATIENT_FILES["mask"], imgs["mask"], t2))
+
+
+def grid_text(img: sitk.Image) -> str:
+    """Size, spacing and origin of ``img`` for messages."""
+    return (f"size {list(img.GetSize())}, spacing {np.round(img.GetSpacing(), 3).tolist()} mm, "
+            f"origin {np.round(img.GetOrigin(), 1).tolist()} mm")
+
+
+def mask_outside_message(mask: sitk.Image, t2: sitk.Image) -> str:
+    """Why a tumour mask that does not overlap the T2 volume is refused (validate and register)."""
+    return (f"tumour mask ({grid_text(mask)}) does not overlap the T2 volume (T2 {grid_text(t2)}) at all: "
+            "no T2 voxel lies inside it; it belongs to another scan or lost its geometry")
+
+
+def _mask_grid_issue(pid: str, path: Path, mask: sitk.Image, t2: sitk.Image) -> Issue:
+    """A tumour mask on another grid than T2: a ``mask_grid`` warning (register resamples it) or,
+    when it does not overlap the T2 volume at all, a ``mask_outside`` error."""
+    _, covered = resample_mask(mask, t2)
+    if covered == 0:
+        return Issue(pid, str(path), "error", "mask_outside", mask_outside_message(mask, t2))
+    return Issue(pid, str(path), "warning", "mask_grid",
+                 f"tumour mask grid ({grid_text(mask)}) is not the T2 grid ({grid_text(t2)}): register resamples it "
+                 f"onto the T2 grid (nearest neighbour, physical space); it covers {100 * covered:.0f}% of the T2 volume")
 
 
 def _check_unexpected_files(pdir: Path, pid: str, issues: list[Issue]) -> None:
@@ -204,21 +267,48 @@ def _check_unexpected_files(pdir: Path, pid: str, issues: list[Issue]) -> None:
                             f"unexpected {'folder' if f.is_dir() else 'file'} {f.name} (ignored; expected {', '.join(PATIENT_FILES.values())})"))
 
 
-def validate_patient(
-    pdir: Path, *, min_fov_mm: float = 100.0, fov_tolerance: float = 0.2
-) -> tuple[list[Issue], bool]:
-    """Issues of one patient directory, and whether it is usable (no errors)."""
+def _validate_patient(
+    pdir: Path, min_fov_mm: float, fov_tolerance: float
+) -> tuple[list[Issue], dict[str, str]]:
+    """Issues of one patient directory and its modalities' voxel fingerprints."""
     pid = pdir.name
     issues: list[Issue] = []
     try:
         check_patient_id(pid)
     except VCEInputError as exc:
         issues.append(Issue(pid, str(pdir), "error", "patient_id", str(exc)))
-    imgs = _read_volumes(pdir, pid, min_fov_mm, issues)
+    fingerprints: dict[str, str] = {}
+    imgs = _read_volumes(pdir, pid, min_fov_mm, issues, fingerprints)
     _check_against_t2(pdir, pid, imgs, fov_tolerance, issues)
     _check_optional_grids(pdir, pid, imgs, issues)
     _check_unexpected_files(pdir, pid, issues)
+    return issues, fingerprints
+
+
+def validate_patient(
+    pdir: Path, *, min_fov_mm: float = 100.0, fov_tolerance: float = 0.2
+) -> tuple[list[Issue], bool]:
+    """Issues of one patient directory, and whether it is usable (no errors)."""
+    issues, _ = _validate_patient(Path(pdir), min_fov_mm, fov_tolerance)
     return issues, not any(i.severity == "error" for i in issues)
+
+
+def _cohort_issues(
+    pdirs: list[Path], min_fov_mm: float, fov_tolerance: float
+) -> dict[str, list[Issue]]:
+    """Every patient's issues, with the cohort-level ones (ids equal up to case, one patient under
+    two ids by voxel content) added to the later patient of each pair."""
+    issues: dict[str, list[Issue]] = {}
+    fingerprints: dict[str, dict[str, str]] = {}
+    for p in pdirs:
+        issues[p.name], fingerprints[p.name] = _validate_patient(p, min_fov_mm, fov_tolerance)
+    for first, later in case_duplicates(p.name for p in pdirs):
+        issues[later].append(Issue(later, str(pdirs[0].parent / later), "error", "duplicate_id",
+                                   f"patient ids {first} and {later} differ only in case"))
+    for first, later, mods in content_duplicates(fingerprints):
+        issues[later].append(Issue(later, str(pdirs[0].parent / later), "error", "duplicate_patient",
+                                   duplicate_message(first, later, mods)))
+    return issues
 
 
 def validate_cohort(
@@ -240,19 +330,11 @@ def validate_cohort(
     pdirs = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
     cohort: list[Issue] = []
     patients: dict[str, dict[str, Any]] = {}
-    usable: list[str] = []
-    twin_of = {later: first for first, later in case_duplicates(p.name for p in pdirs)}
-    for p in pdirs:
-        issues, ok = validate_patient(p, min_fov_mm=min_fov_mm, fov_tolerance=fov_tolerance)
-        if p.name in twin_of:
-            issues.append(Issue(p.name, str(p), "error", "duplicate_id",
-                                f"patient ids {twin_of[p.name]} and {p.name} differ only in case"))
-            ok = False
-        if ok:
-            usable.append(p.name)
+    for pid, issues in _cohort_issues(pdirs, min_fov_mm, fov_tolerance).items():
         sev = {i.severity for i in issues}
-        patients[p.name] = {"status": "error" if "error" in sev else "warning" if sev else "ok",
-                            "issues": [asdict(i) for i in issues]}
+        patients[pid] = {"status": "error" if "error" in sev else "warning" if sev else "ok",
+                         "issues": [asdict(i) for i in issues]}
+    usable = [pid for pid, p in patients.items() if p["status"] != "error"]
     if not pdirs:
         cohort.append(Issue("*", str(raw), "error", "no_patients", "no patient directories found"))
     elif split is not None:
@@ -264,18 +346,37 @@ def validate_cohort(
             cohort.append(Issue("*", str(raw), "error", "cohort_too_small", f"{len(usable)} usable patient(s): {exc}"))
     all_issues = [i for p in patients.values() for i in p["issues"]] + [asdict(i) for i in cohort]
     n_err = sum(i["severity"] == "error" for i in all_issues)
-    n_warn = sum(i["severity"] == "warning" for i in all_issues)
     return {
         "raw": str(raw),
         "settings": {"min_fov_mm": min_fov_mm, "fov_tolerance": fov_tolerance},
         "n_patients": len(pdirs),
         "n_usable": len(usable),
         "n_errors": n_err,
-        "n_warnings": n_warn,
+        "n_warnings": len(all_issues) - n_err,
         "ok": n_err == 0,
         "patients": patients,
         "cohort": [asdict(i) for i in cohort],
     }
+
+
+def check_integrity(cohort_dir: str | Path, pids: list[str], *, step: str) -> None:
+    """The integrity pass of ``vce validate`` (:data:`INTEGRITY_CHECKS`) as ``step`` enforces it
+    before doing any work: raise one :class:`VCEInputError` naming every patient, file and problem.
+
+    ``register`` runs it on the raw cohort and ``split`` on the registered one, so a truncated
+    header, an unusable spacing, intensities outside [0, 4095], one patient under two ids or a
+    tumour mask outside the T2 volume stop every step the same way. Other problems (missing or
+    unreadable files, ...) are left to the step's own reading, which names them as before."""
+    cohort_dir = Path(cohort_dir)
+    found = _cohort_issues([cohort_dir / p for p in pids], 100.0, 0.2) if pids else {}
+    bad = [i for issues in found.values() for i in issues if i.severity == "error" and i.check in INTEGRITY_CHECKS]
+    if not bad:
+        return
+    lines = [f"{i.file}: patient {i.patient}: {i.message}" for i in bad]
+    if len(lines) == 1:
+        raise VCEInputError(f"{lines[0]} ({step} refuses what `vce validate` reports as {bad[0].check})")
+    raise VCEInputError(f"{step} refuses {cohort_dir}: {len(lines)} integrity problem(s) (`vce validate` reports them too):\n  "
+                        + "\n  ".join(lines))
 
 
 def report_rows(report: dict[str, Any]) -> list[dict[str, str]]:
