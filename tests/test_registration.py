@@ -275,20 +275,26 @@ def test_optional_file_off_grid_is_refused(tmp_path, tiny_cfg, tiny_cohort, name
     assert not (tmp_path / "out").exists()  # refused before registering
 
 
-def test_failed_qc_excludes_patient(tmp_path, tiny_cfg, tiny_cohort):
-    """An absurd TRE threshold fails everyone: exclude mode writes none of them, lists them with reasons."""
-    cfg = dataclasses.replace(tiny_cfg.register, max_tre_mm=1e-3, on_failure="exclude", qc_png=False)
+def test_failed_qc_excludes_patient(tmp_path, tiny_cfg, tiny_cohort, tiny_registered):
+    """A TRE threshold between two patients' TRE fails one: exclude mode leaves it out and lists it
+    with the reason; a threshold failing both is an error listing each (nothing written)."""
+    done = pd.read_csv(tiny_registered / "qc.csv").set_index("patient")
+    tre = done[["T1_tre_p95_mm", "T1C_tre_p95_mm"]].max(axis=1)
+    (lo, a), (hi, b) = sorted((tre[p], p) for p in ("P001", "P002"))
+    assert hi - lo > 0.05
+    cfg = dataclasses.replace(tiny_cfg.register, max_tre_mm=(lo + hi) / 2, on_failure="exclude", qc_png=False)
     out = tmp_path / "reg"
-    table = register_cohort(tiny_cohort, out, cfg, seed=1, patients=["P001", "P002"])
-    assert list(table["status"]) == ["excluded", "excluded"]
-    assert not (out / "P001").exists() and not (out / "P002").exists()
+    table = register_cohort(tiny_cohort, out, cfg, seed=tiny_cfg.seed, patients=["P001", "P002"])
+    assert dict(zip(table["patient"], table["status"])) == {a: "ok", b: "excluded"}
+    assert (out / a / "T1.nii.gz").is_file() and not (out / b).exists()
     excluded = json.loads((out / "excluded.json").read_text())
-    assert set(excluded) == {"P001", "P002"} and "TRE p95" in excluded["P001"]
+    assert set(excluded) == {b} and "TRE p95" in excluded[b]
     qc = pd.read_csv(out / "qc.csv")
-    assert list(qc["patient"]) == ["P001", "P002"] and "max_tre_mm" in qc["reason"].iloc[0]
-    # a passing threshold keeps the patient
-    ok = register_cohort(tiny_cohort, tmp_path / "reg_ok", dataclasses.replace(cfg, max_tre_mm=100.0), seed=1, patients=["P001"])
-    assert list(ok["status"]) == ["ok"] and (tmp_path / "reg_ok" / "P001" / "T1.nii.gz").is_file()
+    assert list(qc["patient"]) == ["P001", "P002"] and "max_tre_mm" in qc.set_index("patient").loc[b, "reason"]
+    with pytest.raises(RegistrationQCError, match=r"excluded every patient \(2 of 2\).*patient P001: .*TRE p95.*patient P002: "):
+        register_cohort(tiny_cohort, tmp_path / "none", dataclasses.replace(cfg, max_tre_mm=1e-3), seed=1,
+                        patients=["P001", "P002"])
+    assert not (tmp_path / "none").exists()
 
 
 def test_failed_qc_stops_with_error_naming_patient(tmp_path, tiny_cfg, tiny_cohort):

@@ -9,12 +9,21 @@ convention, fixed = T2): ``T(p) = R(p + d(p))``, saved as ``CompositeTransform([
 QC per patient and modality (``docs/registration.md``): Mattes MI before/after, the Jacobian
 determinant of ``T`` over the body (min <= 0 means folding), and on synthetic patients the
 target registration error against the saved true transform (mean, p95 over body voxels).
-A registration past a threshold is flagged; ``register.on_failure`` then either excludes the
-patient (not written; listed with the reason in ``qc.csv`` and ``excluded.json``) or stops the
-step with an error naming the patient.
+Mattes MI is compared with a tolerance (:func:`mi_tolerance`): when the registration makes it
+worse by more than that, the initial alignment (identity) is the better one and is kept
+(``<mod>_kept = initial``), so an already-aligned pair is not excluded. A registration past a
+threshold is flagged; ``register.on_failure`` then either excludes the patient (not written;
+listed with the reason in ``qc.csv`` and ``excluded.json``) or stops the step with an error
+naming the patient. A run that would exclude every patient is an error listing each reason.
+
+Before any registration the cohort goes through validate's integrity pass
+(:func:`vce.prep.validate.check_integrity`: truncated headers, spacing, intensity range,
+duplicate patients, tumour masks outside the T2 volume). A tumour mask on another grid than
+T2 is resampled onto the T2 grid (nearest neighbour, physical space).
 
 Outputs, all on the T2 grid: ``<out>/<pid>/{T1,T2,T1C}.nii.gz`` (float32, scanner units),
-``tumor_mask.nii.gz`` and ``wm_mask.nii.gz`` if given (copied, uint8), ``T1C_clean.nii.gz`` if
+``tumor_mask.nii.gz`` and ``wm_mask.nii.gz`` if given (uint8; copied, or the tumour mask resampled
+when it is on another grid), ``T1C_clean.nii.gz`` if
 given (the noise-free T1C of a synthetic patient, resampled with exactly T1C's estimated
 transform; nothing is estimated from it), ``transform_T1.tfm`` / ``transform_T1C.tfm`` (estimated
 T2->modality transforms), ``transforms.json``, ``qc.json``, ``qc.png``; for the cohort
@@ -41,8 +50,9 @@ from ..config import RegisterConfig
 from ..io.atomic import atomic_dir, write_json
 from ..io.cohort import check_patient_id, list_patients
 from ..io.errors import VCEInputError
-from ..io.nifti import PATIENT_FILES, read_volume, write_volume
+from ..io.nifti import PATIENT_FILES, read_volume, resample_mask, write_volume
 from .slicing import body_mask
+from .validate import check_integrity, grid_text, mask_outside_message
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +60,13 @@ MOVING = ("T1", "T1C")
 #: Order of the per-patient columns of qc.csv (then the per-modality ones, see :func:`qc_columns`).
 QC_PATIENT_COLUMNS = ("patient", "status", "reason", "seconds")
 QC_MODALITY_FIELDS = (
-    "mi_before", "mi_after", "jac_min", "jac_max", "tre_mean_mm", "tre_p95_mm", "motion_mean_mm", "motion_p95_mm",
+    "mi_before", "mi_after", "kept", "jac_min", "jac_max", "tre_mean_mm", "tre_p95_mm", "motion_mean_mm", "motion_p95_mm",
 )
+#: Relative tolerance of the Mattes MI comparison: the registration counts as making the metric
+#: worse only when ``mi_after - mi_before`` exceeds this fraction of ``|mi_before|`` (or
+#: ``register.max_metric_increase``, an absolute floor, when larger). Full-volume MI of an
+#: already-aligned pair moves by a few tenths of a percent when the optimiser wanders.
+MI_RELATIVE_TOLERANCE = 0.01
 
 
 class RegistrationQCError(VCEInputError):
@@ -246,15 +261,32 @@ def target_registration_error(
     return {"tre_mean_mm": float(d.mean()), "tre_p95_mm": float(np.percentile(d, 95))}
 
 
+def mi_tolerance(mi_before: float, cfg: RegisterConfig) -> float:
+    """How much Mattes MI may rise (get worse) before the registration counts as worse than the
+    initial alignment: :data:`MI_RELATIVE_TOLERANCE` of ``|mi_before|``, at least ``cfg.max_metric_increase``."""
+    return max(float(cfg.max_metric_increase), MI_RELATIVE_TOLERANCE * abs(float(mi_before)))
+
+
+def mi_got_worse(mi_before: float, mi_after: float, cfg: RegisterConfig) -> bool:
+    """Whether ``mi_after`` is worse than ``mi_before`` beyond :func:`mi_tolerance` (NaN counts as worse)."""
+    return not mi_after - mi_before <= mi_tolerance(mi_before, cfg)
+
+
 def qc_failures(qc: dict[str, Any], cfg: RegisterConfig) -> list[str]:
-    """Reasons (human-readable) why a patient's registrations fail QC; empty when it passes."""
+    """Reasons (human-readable) why a patient's registrations fail QC; empty when it passes.
+
+    A modality whose registration made Mattes MI worse beyond :func:`mi_tolerance` fails only if the
+    registered transform was kept (``<mod>_kept`` is not ``initial``); with the initial alignment
+    kept it is not a failure."""
     out = []
     for mod in MOVING:
         if f"{mod}_jac_min" in qc and not qc[f"{mod}_jac_min"] > cfg.min_jacobian:
             out.append(f"{mod}: Jacobian determinant min {qc[f'{mod}_jac_min']:.3g} <= {cfg.min_jacobian:g} (folding)")
-        if f"{mod}_mi_after" in qc and not qc[f"{mod}_mi_after"] - qc[f"{mod}_mi_before"] <= cfg.max_metric_increase:
+        if (f"{mod}_mi_after" in qc and qc.get(f"{mod}_kept") != "initial"
+                and mi_got_worse(qc[f"{mod}_mi_before"], qc[f"{mod}_mi_after"], cfg)):
             out.append(
-                f"{mod}: Mattes MI got worse ({qc[f'{mod}_mi_before']:.4f} -> {qc[f'{mod}_mi_after']:.4f}, lower is better)"
+                f"{mod}: Mattes MI got worse ({qc[f'{mod}_mi_before']:.4f} -> {qc[f'{mod}_mi_after']:.4f}, lower is better; "
+                f"tolerance {mi_tolerance(qc[f'{mod}_mi_before'], cfg):.4f})"
             )
         tre = qc.get(f"{mod}_tre_p95_mm")
         if tre is not None and math.isfinite(tre) and tre > cfg.max_tre_mm:
@@ -309,11 +341,19 @@ def _register_modality(
     fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image | None, body: np.ndarray, truth: sitk.Transform | None,
     cfg: RegisterConfig, seed: int,
 ) -> tuple[sitk.Transform, sitk.Image, dict[str, float]]:
-    """Register one modality; returns (transform, moving resampled onto ``fixed``, QC fields without prefix)."""
+    """Register one modality; returns (transform, moving resampled onto ``fixed``, QC fields without prefix).
+
+    The registered transform is kept unless it makes Mattes MI worse than the initial alignment
+    beyond :func:`mi_tolerance`; then the identity (the better of the two) is kept, ``kept = initial``."""
     identity = sitk.Euler3DTransform()
-    qc: dict[str, float] = {"mi_before": _metric(fixed, moving, identity, cfg, mask)}
+    qc: dict[str, Any] = {"mi_before": _metric(fixed, moving, identity, cfg, mask)}
     tx = register_image(fixed, moving, cfg, seed=seed, mask=mask)
     qc["mi_after"] = _metric(fixed, moving, tx, cfg, mask)
+    qc["kept"] = "registered"
+    if mi_got_worse(qc["mi_before"], qc["mi_after"], cfg):
+        tx = sitk.CompositeTransform(3)
+        tx.AddTransform(sitk.Euler3DTransform())
+        qc["kept"] = "initial"
     qc["jac_min"], qc["jac_max"] = jacobian_range(tx, fixed, body)
     if truth is not None:
         tre = target_registration_error(fixed, tx, truth, body)
@@ -339,9 +379,10 @@ def _read_truth(patient_dir: Path) -> dict[str, sitk.Transform]:
 
 
 def _read_moving(patient_dir: Path, pid: str) -> dict[str, sitk.Image]:
-    """The moving modalities (:data:`MOVING`) of a patient, as float32 images."""
+    """The moving modalities (:data:`MOVING`) of a patient, as float32 images (intensities in the scanner range)."""
     return {
-        m: sitk.Cast(read_volume(patient_dir / PATIENT_FILES[m], what=f"{m} of patient {pid}"), sitk.sitkFloat32)
+        m: sitk.Cast(read_volume(patient_dir / PATIENT_FILES[m], what=f"{m} of patient {pid}", scanner_range=True),
+                     sitk.sitkFloat32)
         for m in MOVING
     }
 
@@ -356,17 +397,34 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
 
 def _read_t2_masks(patient_dir: Path, pid: str, fixed: sitk.Image) -> dict[str, sitk.Image]:
     """The patient's masks on the T2 grid, by PATIENT_FILES key: ``mask`` (tumour) and ``wm``
-    (normal-appearing white matter), each only when present; each must have the T2 grid's size."""
+    (normal-appearing white matter), each only when present.
+
+    A tumour mask on another grid is resampled onto the T2 grid (nearest neighbour, physical
+    space) and refused when it does not overlap the T2 volume at all; the white-matter mask
+    (synthetic patients only) must have the T2 grid's size."""
     masks = {}
     for key, what in (("mask", "tumour mask"), ("wm", "white-matter mask")):
         path = patient_dir / PATIENT_FILES[key]
         if not path.is_file():
             continue
         img = read_volume(path, what=f"{what} of patient {pid}", allow_constant=True)
-        if img.GetSize() != fixed.GetSize():
+        if key == "mask" and not _same_grid(img, fixed):
+            img = _mask_onto_t2(path, pid, img, fixed)
+        elif img.GetSize() != fixed.GetSize():
             raise VCEInputError(f"{path}: {what} size {img.GetSize()} != T2 size {fixed.GetSize()}")
         masks[key] = sitk.Cast(img, sitk.sitkUInt8)
     return masks
+
+
+def _mask_onto_t2(path: Path, pid: str, mask: sitk.Image, fixed: sitk.Image) -> sitk.Image:
+    """The tumour mask ``mask`` (another grid than T2's) resampled onto ``fixed`` (nearest neighbour,
+    physical space); :class:`VCEInputError` naming the patient and file when it does not overlap at all."""
+    out, covered = resample_mask(mask, fixed)
+    if covered == 0:
+        raise VCEInputError(f"{path}: patient {pid}: {mask_outside_message(mask, fixed)}")
+    logger.info("patient %s: tumour mask (%s) resampled onto the T2 grid (%s); it covers %.0f%% of the T2 volume",
+                pid, grid_text(mask), grid_text(fixed), 100 * covered)
+    return out
 
 
 def _read_t1c_clean(patient_dir: Path, pid: str, t1c: sitk.Image) -> sitk.Image | None:
@@ -406,12 +464,15 @@ def _register_moving(
     return {m: _register_modality(*a) for m, a in jobs.items()}
 
 
-def _transform_record(mod: str, tx: sitk.Transform, cfg: RegisterConfig) -> dict[str, Any]:
-    """The ``transforms.json`` entry of one modality: file, kind, convention and the rigid part."""
+def _transform_record(mod: str, tx: sitk.Transform, cfg: RegisterConfig, kept: str = "registered") -> dict[str, Any]:
+    """The ``transforms.json`` entry of one modality: file, kind, which alignment was kept, convention
+    and the rigid part."""
     rigid = sitk.Euler3DTransform(tx.GetNthTransform(0))
+    nonrigid = cfg.bspline and kept == "registered"
     return {
         "file": f"transform_{mod}.tfm",
-        "transform": "CompositeTransform (Euler3DTransform o BSplineTransform)" if cfg.bspline else "CompositeTransform (Euler3DTransform)",
+        "transform": "CompositeTransform (Euler3DTransform o BSplineTransform)" if nonrigid else "CompositeTransform (Euler3DTransform)",
+        "kept": kept if kept == "registered" else "initial (identity: the registration made Mattes MI worse beyond the tolerance)",
         "convention": "maps T2 physical points to this modality's points (SimpleITK resampling, fixed=T2); T(p) = R(p + d(p))",
         "rigid": {
             "center_mm": list(rigid.GetCenter()),
@@ -438,7 +499,7 @@ def _write_registered(
     for mod, (tx, resampled, q) in results.items():
         write_volume(resampled, out_dir / PATIENT_FILES[mod])
         sitk.WriteTransform(tx, str(out_dir / f"transform_{mod}.tfm"))
-        transforms[mod] = _transform_record(mod, tx, cfg)
+        transforms[mod] = _transform_record(mod, tx, cfg, str(q.get("kept", "registered")))
         qc.update({f"{mod}_{k}": v for k, v in q.items()})
     for key, img in carried.items():
         write_volume(img, out_dir / PATIENT_FILES[key])
@@ -475,7 +536,7 @@ def register_patient(
     t0 = time.perf_counter()
     patient_dir, out_dir = Path(patient_dir), Path(out_dir)
     pid = patient_dir.name
-    t2 = read_volume(patient_dir / PATIENT_FILES["T2"], what=f"T2 of patient {pid}")
+    t2 = read_volume(patient_dir / PATIENT_FILES["T2"], what=f"T2 of patient {pid}", scanner_range=True)
     fixed = sitk.Cast(t2, sitk.sitkFloat32)
     body = body_mask(sitk.GetArrayViewFromImage(fixed))
     mask = registration_mask(fixed) if cfg.use_mask else None
@@ -505,6 +566,19 @@ def _register_one(args: tuple[str, str, RegisterConfig, int, int]) -> dict[str, 
     return register_patient(*args)
 
 
+def _refuse_failures(raw_dir: Path, failed: dict[str, str], n: int, cfg: RegisterConfig) -> None:
+    """Raise :class:`RegistrationQCError` listing every failed patient and why when
+    ``cfg.on_failure`` is ``stop``, or when all ``n`` patients failed (nothing would be left)."""
+    reasons = "; ".join(f"patient {p}: {why}" for p, why in failed.items())
+    if failed and cfg.on_failure == "stop":
+        raise RegistrationQCError(f"registration QC failed (register.on_failure: stop) for {reasons}")
+    if failed and len(failed) == n:
+        raise RegistrationQCError(
+            f"{raw_dir}: registration QC excluded every patient ({len(failed)} of {n}), so nothing is written: "
+            f"{reasons} (thresholds: register.max_tre_mm, min_jacobian, max_metric_increase; docs/registration.md)"
+        )
+
+
 def register_cohort(
     raw_dir: str | Path,
     out_dir: str | Path,
@@ -517,9 +591,11 @@ def register_cohort(
 
     Patients run in ``workers`` processes; within a patient T1 and T1C run in two threads when
     there are at least twice as many cores as workers. Every registration is single-threaded,
-    so results are deterministic. Patients failing QC are removed from the output and listed in
-    ``excluded.json`` (``cfg.on_failure == "exclude"``) or raise :class:`RegistrationQCError`
-    naming them (``"stop"``; nothing is written). Returns the QC table (also ``<out_dir>/qc.csv``,
+    so results are deterministic. The cohort first passes validate's integrity pass
+    (:func:`~vce.prep.validate.check_integrity`). Patients failing QC are removed from the output
+    and listed in ``excluded.json`` (``cfg.on_failure == "exclude"``) or raise
+    :class:`RegistrationQCError` naming them (``"stop"``; nothing is written); when every patient
+    fails, exclude mode raises it too, listing each reason. Returns the QC table (also ``<out_dir>/qc.csv``,
     one row per patient, failed ones included, columns :func:`qc_columns`).
     """
     raw_dir = Path(raw_dir)
@@ -529,6 +605,7 @@ def register_cohort(
         if unknown:
             raise VCEInputError(f"{raw_dir}: no patient(s) {', '.join(unknown)}")
         pids = [p for p in pids if p in set(patients)]
+    check_integrity(raw_dir, pids, step="register")
     workers = max(1, min(int(workers), len(pids)))
     threads = 2 if (os.cpu_count() or 1) >= 2 * workers else 1
     logger.info("registering %d patients from %s with %d worker(s) x %d thread(s)", len(pids), raw_dir, workers, threads)
@@ -540,11 +617,7 @@ def register_cohort(
         else:
             rows = [_register_one(j) for j in jobs]
         failed = {r["patient"]: r["reason"] for r in rows if r["status"] != "ok"}
-        if failed and cfg.on_failure == "stop":
-            raise RegistrationQCError(
-                "registration QC failed (register.on_failure: stop) for "
-                + "; ".join(f"patient {p}: {why}" for p, why in failed.items())
-            )
+        _refuse_failures(raw_dir, failed, len(rows), cfg)
         for p in failed:
             shutil.rmtree(tmp / p)
             logger.warning("patient %s excluded from the registered cohort: %s", p, failed[p])
@@ -562,7 +635,8 @@ def register_cohort(
 
 
 __all__ = [
-    "MOVING", "RegistrationQCError", "body_mask", "jacobian_range", "qc_columns", "qc_failures", "register_bspline",
+    "MI_RELATIVE_TOLERANCE", "MOVING", "RegistrationQCError", "body_mask", "jacobian_range", "mi_got_worse", "mi_tolerance",
+    "qc_columns", "qc_failures", "register_bspline",
     "register_cohort", "register_image", "register_patient", "register_rigid", "target_registration_error",
     "write_qc_png",
 ]
