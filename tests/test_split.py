@@ -60,7 +60,7 @@ def test_changed_input_changes_split_identity(tmp_path, tiny_cfg, tiny_registere
     shutil.copytree(tiny_registered, reg)
     pid = sorted(p.name for p in reg.iterdir() if p.is_dir())[0]
     img = sitk.ReadImage(str(reg / pid / "T1.nii.gz"))
-    sitk.WriteImage(img * 1.01, str(reg / pid / "T1.nii.gz"))
+    sitk.WriteImage(img * 0.99, str(reg / pid / "T1.nii.gz"))  # (x 1.01 would leave [0, 4095]: refused)
     steps.split(reg, tmp_path / "s", tiny_cfg)
     a = json.loads((tiny_split / "split.json").read_text())["split_id"]
     assert json.loads((tmp_path / "s" / "split.json").read_text())["split_id"] != a
@@ -311,6 +311,6 @@ def test_one_patient_under_two_ids_is_refused(tiny_registered, tiny_cfg, tmp_pat
     shutil.copytree(tiny_registered, reg)
     first = sorted(p.name for p in reg.iterdir() if p.is_dir())[0]
     shutil.copytree(reg / first, reg / "P999")
-    with pytest.raises(VCEInputError, match=rf"patients {first} = P999 have identical"):
+    with pytest.raises(VCEInputError, match=rf"patients {first} and P999 have identical T1, T2, T1C"):
         split_cohort(reg, tmp_path / "split", tiny_cfg.split, tiny_cfg.seed)
     assert not (tmp_path / "split").exists()

@@ -217,11 +217,48 @@ def _split_summary(
     }
 
 
-def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConfig, seed: int) -> pd.DataFrame:
-    """Split ``registered_dir`` by patient and write the slice store (atomic). Returns the manifest."""
-    registered_dir = Path(registered_dir)
+def _excluded_by_register(registered_dir: Path) -> dict[str, str]:
+    """``{pid: reason}`` of the patients ``vce register`` left out of ``registered_dir`` ({} when none or unknown)."""
+    import json
+
+    try:
+        excluded = json.loads((registered_dir / "excluded.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in excluded.items()} if isinstance(excluded, dict) else {}
+
+
+def _registered_patients(registered_dir: Path, cfg: SplitConfig, seed: int) -> tuple[list[str], dict[str, str]]:
+    """The patients of a registered cohort and their split assignment; when register excluded so many
+    that none (or too few) are left, the error says so and where the QC and reasons are."""
+    excluded = _excluded_by_register(registered_dir)
+    where = f"QC in {registered_dir / 'qc.csv'}, reasons in {registered_dir / 'excluded.json'}"
+    if excluded and registered_dir.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in registered_dir.iterdir()):
+        raise VCEInputError(
+            f"{registered_dir}: no registered patient to split: register excluded all {len(excluded)} patient(s) ({where}): "
+            + "; ".join(f"{p}: {why}" for p, why in excluded.items())
+        )
     pids = list_patients(registered_dir)
-    assignment = assign_split(pids, cfg.test_ratio, seed, cfg.folds, cfg.fold)
+    try:
+        return pids, assign_split(pids, cfg.test_ratio, seed, cfg.folds, cfg.fold)
+    except VCEInputError as exc:
+        if excluded:
+            raise VCEInputError(f"{registered_dir}: {exc} (register excluded {len(excluded)} patient(s): "
+                                f"{', '.join(excluded)}; {where})") from exc
+        raise
+
+
+def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConfig, seed: int) -> pd.DataFrame:
+    """Split ``registered_dir`` by patient and write the slice store (atomic). Returns the manifest.
+
+    The registered cohort first passes validate's integrity pass
+    (:func:`vce.prep.validate.check_integrity`: truncated headers, spacing, intensities in
+    [0, 4095], one patient under two ids), before anything is written."""
+    from .validate import check_integrity
+
+    registered_dir = Path(registered_dir)
+    pids, assignment = _registered_patients(registered_dir, cfg, seed)
+    check_integrity(registered_dir, pids, step="split")
     S = cfg.image_size
     kept, fov_excluded = _kept_slices(registered_dir, pids, cfg.min_body_fraction, cfg.max_fov_missing)
     rows, geometry = [], {}
@@ -245,7 +282,6 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
                 arr.flush()
             pd.DataFrame(index[s], columns=["patient", "z"]).to_csv(tmp / s / "index.csv", index=False)
         manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-        _refuse_duplicates(manifest)
         manifest.to_csv(tmp / "manifest.csv", index=False)
         split_id = split_identity(_split_settings(cfg, seed), (tmp / "manifest.csv").read_bytes())
         summary = _split_summary(cfg, seed, manifest, cursor, split_id)
@@ -254,18 +290,6 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
         del stores
     logger.info("split %s: %s", split_id[:12], summary)
     return manifest
-
-
-def _refuse_duplicates(manifest: pd.DataFrame) -> None:
-    """Raise when two patient ids have byte-identical registered inputs: one patient under two ids
-    would otherwise land in train and test and leak across the split."""
-    dup = manifest[manifest.duplicated("sha256", keep=False)]
-    if len(dup):
-        groups = [sorted(g.patient.tolist()) for _, g in dup.groupby("sha256")]
-        raise VCEInputError(
-            f"patients {'; '.join(' = '.join(g) for g in groups)} have identical T1/T2/T1C files (same sha256): "
-            "the same patient under two ids would leak across the split; remove the copies"
-        )
 
 
 def split_identity(settings: dict[str, Any], manifest_csv: bytes) -> str:
