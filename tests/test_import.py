@@ -181,7 +181,9 @@ def test_missing_series_lists_candidates(tmp_path, tiny_cohort, capsys):
     write_dicom_series(src / "case_a" / "y", arrs["T1C"], "AX T1 post", 4, "ID1")
     rc = main(["import", "--src", str(src), "--out", str(out)])
     err = capsys.readouterr().err
-    assert rc == 2 and "case_a" in err and "T2" in err and "'AX T1 SE pre'" in err and not out.exists()
+    assert rc == 2 and "case_a" in err and "T2" in err and not out.exists()
+    # candidates named by SeriesNumber, DICOM Modality and folder, never by their description
+    assert "series #3 (MR, 6 files, folder case_a/x)" in err and "#4" in err and "AX T1" not in err
 
 
 def test_output_and_mapping_places_refused(tmp_path, tiny_cohort, capsys):
@@ -240,3 +242,58 @@ def test_dicom_io_leaves_the_locale_alone(tmp_path, tiny_cohort):
     write_dicom_series(tmp_path / "s", _arrays(tiny_cohort)["T2"], "AX T2", 5)
     read_image(tmp_path / "s")
     assert locale.setlocale(locale.LC_ALL) == before
+
+
+def test_every_unreadable_file_is_reported(tmp_path, tiny_cohort, capsys, caplog):
+    """Unreadable files of all patients in one error: the count and each file relative to --src."""
+    src, out = tmp_path / "src", tmp_path / "raw"
+    a = dicom_patient(src / "case_a", _arrays(tiny_cohort, 0), "ID1", extra=False)
+    b = dicom_patient(src / "case_b", _arrays(tiny_cohort, 1), "ID2", extra=False)
+    c = src / "case_c"
+    c.mkdir()
+    for m in ("T1", "T2", "T1C"):
+        sitk.WriteImage(sitk.ReadImage(str(sorted(tiny_cohort.iterdir())[2] / f"{m}.nii.gz")), str(c / f"{m}.nii.gz"))
+    bad = {
+        sorted((a / "study1" / "s9").iterdir())[3]: 300,  # header cut before the image attributes
+        sorted((a / "study1" / "s3").iterdir())[1]: 100,  # shorter than the DICOM preamble + 'DICM'
+        sorted((b / "study1" / "s5").iterdir())[2]: -2000,  # pixel data cut short
+    }
+    for f, n in bad.items():
+        f.write_bytes(f.read_bytes()[:n])
+    (c / "T2.nii.gz").write_bytes((c / "T2.nii.gz").read_bytes()[:200])  # truncated NIfTI
+    bad[c / "T2.nii.gz"] = 200
+    with caplog.at_level(logging.DEBUG):
+        rc = main(["import", "--src", str(src), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"import of {src} failed: 4 unreadable file(s) (relative to {src})" in err
+    for f in bad:
+        assert f"unreadable: {f.relative_to(src).as_posix()}: " in err, f
+    assert "truncated DICOM file" in err and "pixel data alone needs 4608" in err
+    assert not out.exists() and not (src / ".vce_pseudonyms.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_series_text_fields_never_reach_messages(tmp_path, tiny_cohort, capsys, caplog):
+    """SeriesDescription and ProtocolName can carry a patient's name: errors name the series by
+    number, modality and folder instead (ambiguous, missing, broken series alike)."""
+    src, out = tmp_path / "src", tmp_path / "raw"
+    arrs = _arrays(tiny_cohort, 0)
+    fake = {"0018|1030": "PROTO JANE^ROE"}  # ProtocolName
+    write_dicom_series(src / "case_a" / "s3", arrs["T1"], "T1 pre for DOE^JANE", 3, "ID1", tags=fake)
+    write_dicom_series(src / "case_a" / "s5", arrs["T2"], "T2 DOE^JANE", 5, "ID1", tags=fake)
+    write_dicom_series(src / "case_a" / "s9", arrs["T1C"], "T1 post gad DOE^JANE", 9, "ID1", tags=fake)
+    write_dicom_series(src / "case_a" / "s12", arrs["T1C"], "T1 post gad MPR DOE^JANE", 12, "ID1", tags=fake)
+    write_dicom_series(src / "case_b" / "s5", arrs["T2"][:1], "T2 single slice DOE^JANE", 5, "ID2", tags=fake)
+    write_dicom_series(src / "case_b" / "s3", arrs["T1"], "T1 pre DOE^JANE", 3, "ID2", tags=fake)
+    write_dicom_series(src / "case_b" / "s9", arrs["T1C"], "T1 post gad DOE^JANE", 9, "ID2", tags=fake)
+    with caplog.at_level(logging.DEBUG):
+        rc = main(["import", "--src", str(src), "--out", str(out), "-v"])
+        rc2 = main(["import", "--src", str(src), "--out", str(out), "--series-rule", r"T1C=#9\b", "-v"])
+    cap = capsys.readouterr()
+    assert rc == 2 and rc2 == 2
+    assert "ambiguous" in cap.err and "series #9 (MR, 6 files, folder case_a/s9)" in cap.err and "#12" in cap.err
+    assert "series #5 (MR, 1 files, folder case_b/s5) has a single slice" in cap.err
+    for needle in ("DOE", "JANE", "ROE", "PROTO", "post gad"):
+        assert needle.lower() not in (cap.err + cap.out + caplog.text).lower(), needle
+    assert not out.exists()

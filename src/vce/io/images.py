@@ -8,7 +8,10 @@ checked (3D scalar, finite, not constant) and problems raise :class:`VCEInputErr
 file or folder.
 
 Images read from DICOM carry geometry only (origin, spacing in mm, direction): no DICOM tag is
-copied into the returned image's metadata, so nothing identifying can travel with it.
+copied into the returned image's metadata, so nothing identifying can travel with it. Messages
+name a series by its SeriesNumber, DICOM Modality, file count and folder, never by a DICOM text
+field (SeriesDescription and ProtocolName can hold a patient's name); unreadable or truncated
+DICOM files are all collected and named together (:func:`list_dicom_series`).
 
 Series rules are case-insensitive regular expressions matched (``re.search``) against the text
 ``"<SeriesDescription> | <ProtocolName> | #<SeriesNumber>"``; a series is a candidate for a
@@ -31,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import VCEInputError
-from .nifti import check_volume, read_volume
+from .nifti import check_volume, intensity_problem, read_volume, spacing_problem
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +93,8 @@ class DicomSeries:
     #: per file (same order as ``files``): (ImageOrientationPatient, ImagePositionPatient,
     #: InstanceNumber) as read while listing, so sorting the slices needs no second read
     slice_tags: list[tuple[Any, Any, Any]] = field(default_factory=list)
+    modality: str = ""  # the DICOM Modality code (MR, CT, ...): a code, never free text
+    root: Path | None = None  # the folder that was searched; messages name ``folder`` relative to its parent
 
     @property
     def text(self) -> str:
@@ -98,13 +103,31 @@ class DicomSeries:
 
     @property
     def label(self) -> str:
-        """Short human name for messages (no patient tags)."""
-        return f"series #{self.number if self.number is not None else '?'} {self.description or self.protocol or '(no description)'!r} ({len(self.files)} files)"
+        """Short human name for messages: SeriesNumber, Modality code, file count and folder. Never a
+        DICOM text field (SeriesDescription, ProtocolName, ... can carry identifiers)."""
+        where = relative_name(self.folder, self.root.parent) if self.root is not None else self.folder.name
+        return (f"series #{self.number if self.number is not None else '?'} ({self.modality or 'modality ?'}, "
+                f"{len(self.files)} files, folder {where})")
+
+
+def relative_name(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` (as given when it is not below ``base``), '/'-separated."""
+    try:
+        return Path(path).relative_to(base).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def unreadable_message(base: Path, unreadable: list[tuple[Path, str]]) -> str:
+    """One message for every unreadable file: the count, then each file relative to ``base`` and why."""
+    return (f"{len(unreadable)} unreadable file(s) (relative to {base}): "
+            + "; ".join(f"{relative_name(f, base)}: {why}" for f, why in unreadable))
 
 
 _TAGS = [
-    "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "ProtocolName", "PatientID",
+    "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "ProtocolName", "PatientID", "Modality",
     "ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber", "Rows", "Columns",
+    "BitsAllocated", "SamplesPerPixel", "NumberOfFrames",
 ]
 
 
@@ -118,46 +141,93 @@ def is_dicom_file(path: str | Path) -> bool:
         return False
 
 
-def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
+def _slice_problem(path: Path, ds: Any) -> str | None:
+    """Why a parsed DICOM file is a truncated image (None when it is fine or not an image at all):
+    its file meta says image storage but the image attributes are missing, or the file is shorter
+    than its uncompressed pixel data alone."""
+    meta = getattr(ds, "file_meta", None)
+    sop = getattr(meta, "MediaStorageSOPClassUID", None) if meta is not None else None
+    is_image = "Image Storage" in str(getattr(sop, "name", ""))
+    if "Rows" not in ds or not ds.get("SeriesInstanceUID"):
+        return "truncated DICOM file (it ends before the image attributes)" if is_image else None
+    syntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    if syntax is None or getattr(syntax, "is_compressed", True) or getattr(syntax, "is_deflated", True):
+        return None  # encapsulated or deflated pixel data: the file may be smaller than the pixels
+    try:
+        need = (int(ds.Rows) * int(ds.get("Columns", 0) or 0) * -(-int(ds.get("BitsAllocated", 16) or 16) // 8)
+                * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return None
+    size = path.stat().st_size
+    return f"truncated DICOM file ({size} bytes; its pixel data alone needs {need})" if size < need else None
+
+
+def _read_slice_header(f: Path, unreadable: list[tuple[Path, str]]) -> Any | None:
+    """The tags of one DICOM file (pydicom, no pixels), or None after appending why it is unreadable."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_TAGS)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on a corrupt file
+        unreadable.append((f, f"unreadable DICOM file ({type(exc).__name__})"))
+        return None
+    problem = _slice_problem(f, ds)
+    if problem:
+        unreadable.append((f, problem))
+        return None
+    return ds
+
+
+def _add_slice(series: dict[str, DicomSeries], ds: Any, f: Path, folder: Path, root: Path) -> None:
+    """Add DICOM file ``f`` (tags ``ds``) to its series in ``series`` (non-image files are skipped)."""
+    uid = str(ds.get("SeriesInstanceUID", "") or "")
+    if not uid or "Rows" not in ds:
+        return
+    s = series.get(uid)
+    if s is None:
+        num = ds.get("SeriesNumber", None)
+        s = series[uid] = DicomSeries(
+            uid=uid,
+            number=int(num) if num not in (None, "") else None,
+            description=str(ds.get("SeriesDescription", "") or "").strip(),
+            protocol=str(ds.get("ProtocolName", "") or "").strip(),
+            folder=folder,
+            modality=re.sub(r"[^A-Z0-9]", "", str(ds.get("Modality", "") or "").upper())[:16],
+            root=root,
+        )
+    s.files.append(f)
+    s.slice_tags.append((ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("InstanceNumber", 0)))
+    if ds.get("PatientID"):
+        s.patient_ids.add(str(ds.PatientID))
+
+
+def list_dicom_series(folder: str | Path, unreadable: list[tuple[Path, str]] | None = None) -> list[DicomSeries]:
     """All image series under ``folder`` (recursive), sorted by series number then description.
 
-    Files without the DICOM magic, and DICOM files without image rows (e.g. DICOMDIR), are
-    skipped. A file that looks like DICOM but cannot be parsed raises :class:`VCEInputError`.
+    Files without the DICOM magic (other than ``*.dcm`` files, which are then unreadable) and
+    DICOM files without image rows (e.g. DICOMDIR) are skipped. Files that look like DICOM but
+    cannot be parsed or are truncated are collected: appended to ``unreadable`` as ``(path,
+    why)`` when a list is given (the caller reports them), else all named in one
+    :class:`VCEInputError` after the whole folder was listed.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     folder = Path(folder)
+    bad: list[tuple[Path, str]] = [] if unreadable is None else unreadable
     series: dict[str, DicomSeries] = {}
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             f = Path(root) / name
-            if name.startswith(".") or not is_dicom_file(f):
+            if name.startswith("."):
                 continue
-            try:
-                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_TAGS)
-            except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-                raise VCEInputError(f"{f}: unreadable DICOM file ({exc})") from exc
-            uid = str(ds.get("SeriesInstanceUID", "") or "")
-            if not uid or "Rows" not in ds:
+            if not is_dicom_file(f):
+                if name.lower().endswith(".dcm"):
+                    bad.append((f, "not a DICOM file (no 'DICM' marker: truncated or another format)"))
                 continue
-            s = series.get(uid)
-            if s is None:
-                num = ds.get("SeriesNumber", None)
-                s = series[uid] = DicomSeries(
-                    uid=uid,
-                    number=int(num) if num not in (None, "") else None,
-                    description=str(ds.get("SeriesDescription", "") or "").strip(),
-                    protocol=str(ds.get("ProtocolName", "") or "").strip(),
-                    folder=Path(root),
-                )
-            s.files.append(f)
-            s.slice_tags.append(
-                (ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("InstanceNumber", 0))
-            )
-            if ds.get("PatientID"):
-                s.patient_ids.add(str(ds.PatientID))
+            ds = _read_slice_header(f, bad)
+            if ds is not None:
+                _add_slice(series, ds, f, Path(root), folder)
+    if unreadable is None and bad:
+        raise VCEInputError(f"{folder}: {unreadable_message(folder, bad)}")
     return sorted(series.values(), key=lambda s: (s.number if s.number is not None else 1 << 30, s.description, s.uid))
 
 
@@ -262,6 +332,7 @@ def read_image(
     rule: SeriesRule | str | None = None,
     allow_constant: bool = False,
     orientation: str | None = None,
+    scanner_range: bool = False,
 ) -> sitk.Image:
     """Read a 3D volume from a NIfTI/ITK file or a DICOM series folder, checked.
 
@@ -274,6 +345,8 @@ def read_image(
         allow_constant: accept a constant image (masks).
         orientation: if given (e.g. :data:`CANONICAL_ORIENTATION`), reorient with
             ``sitk.DICOMOrient`` (axis permutation/flip, no resampling; spacing kept).
+        scanner_range: also refuse intensities outside the 12-bit range
+            (:data:`vce.io.nifti.SCANNER_RANGE`), as the study's inputs must be.
 
     Returns:
         ``sitk.Image`` in physical space (origin and spacing in mm, direction cosines).
@@ -289,8 +362,13 @@ def read_image(
         series = list_dicom_series(path)  # none: choose_series raises, naming the folder
         img = read_dicom_series(choose_series(series, rule if len(series) > 1 else None, where=str(path), what=what),
                                 what=what, allow_constant=allow_constant)
+        arr = sitk.GetArrayViewFromImage(img)
+        problem = spacing_problem(img.GetSpacing()) or (
+            intensity_problem(float(arr.min()), float(arr.max())) if scanner_range else None)
+        if problem:
+            raise VCEInputError(f"{path}: {what}: {problem}")
     else:
-        img = read_volume(path, what=what, allow_constant=allow_constant)
+        img = read_volume(path, what=what, allow_constant=allow_constant, scanner_range=scanner_range)
     if orientation:
         img = sitk.DICOMOrient(img, orientation)
     return img

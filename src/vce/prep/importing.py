@@ -7,7 +7,7 @@
         |
         v
 <out>/<pseudonym>/{T1,T2,T1C}.nii.gz [tumor_mask.nii.gz]    pseudonym P0001, P0002, ...
-<out>/import.json                                           orientation, sizes, spacings (no identifiers)
+<out>/import.json                                           orientation, sizes, spacings, 12-bit rescale factors (no identifiers)
 <mapping>                                                   pseudonym <-> source folder / DICOM PatientID
 ```
 
@@ -18,8 +18,15 @@ order of the source folder names, so they carry no information and need no secre
 (JSON) is the only link back, it is written next to the source data (default
 ``<src>/.vce_pseudonyms.json``), never inside ``<out>``, and is re-used on re-import so a patient
 keeps their pseudonym (matched by source folder name, else by DICOM PatientID). Log messages name
-pseudonyms only; error messages name the source folder (the user's own name for it) and series
-descriptions, never DICOM patient tags.
+pseudonyms only; error messages name the source folder (the user's own name for it) and series by
+SeriesNumber, DICOM Modality and folder, never a DICOM text field (SeriesDescription,
+ProtocolName, PatientName, ... can carry identifiers). Every unreadable file of every patient is
+reported together (relative to ``src``, with the count).
+
+Intensities: the pipeline works in 12-bit scanner units [0, 4095]. With ``rescale_12bit`` each
+patient's modality whose maximum exceeds 4095 is scaled linearly by ``4095 / max`` (zero stays
+zero); the factor is recorded per modality in ``import.json``. Without it such volumes are
+imported as they are (with a warning) and ``vce validate`` / ``register`` refuse them.
 
 Every volume is reoriented with ``sitk.DICOMOrient`` to :data:`CANONICAL_ORIENTATION` (ITK "LPS",
 identity direction; no resampling, spacing kept). ``<out>`` is written atomically: complete or
@@ -49,8 +56,10 @@ from ..io.images import (
     choose_series,
     list_dicom_series,
     read_dicom_series,
+    relative_name,
+    unreadable_message,
 )
-from ..io.nifti import PATIENT_FILES, read_volume
+from ..io.nifti import PATIENT_FILES, SCANNER_RANGE, header_size_problem, intensity_problem, read_volume
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +99,34 @@ def _stem(name: str) -> str | None:
     return None
 
 
-def resolve_case(folder: Path, rules: dict[str, SeriesRule]) -> Case:
+def _probe_file(path: Path) -> str | None:
+    """Why an image file cannot be read, from its header alone (nothing allocated); None when it can."""
+    try:
+        problem = header_size_problem(path)
+    except VCEInputError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    if problem:
+        return problem
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        return f"cannot read as an image ({last})"
+    return None
+
+
+def resolve_case(folder: Path, rules: dict[str, SeriesRule], unreadable: list[tuple[Path, str]] | None = None) -> Case:
     """Find the T1, T2, T1C (and optional tumour mask) sources of one source folder.
 
     Per modality, in order: an image file named like the modality (``T1.nii.gz``, ``t1c.nii``,
     case-insensitive), a sub-folder named like it (its DICOM series; by rule if several), else
-    the DICOM series anywhere below ``folder`` chosen by the modality's rule.
-    """
+    the DICOM series anywhere below ``folder`` chosen by the modality's rule. Unreadable files
+    (image files whose header is unusable, corrupt or truncated DICOM files) are appended to
+    ``unreadable`` when given (else they raise)."""
+    bad: list[tuple[Path, str]] = [] if unreadable is None else unreadable
+    n_bad = len(bad)
     case = Case(folder)
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     files = {_stem(p.name): p for p in entries if p.is_file() and _stem(p.name)}
@@ -108,12 +138,12 @@ def resolve_case(folder: Path, rules: dict[str, SeriesRule]) -> Case:
             case.sources[mod] = Source("file", files[mod.lower()])
         elif mod.lower() in dirs:
             d = dirs[mod.lower()]
-            series = list_dicom_series(d)
+            series = list_dicom_series(d, bad)
             s = choose_series(series, rules[mod] if len(series) > 1 else None, where=str(d), what=what)
             case.sources[mod] = Source("dicom", d, s)
         else:
             if pool is None:
-                pool = list_dicom_series(folder)
+                pool = list_dicom_series(folder, bad)
             if not pool:
                 raise VCEInputError(
                     f"{folder}: source folder {folder.name} has no {mod} (no {mod}.nii.gz, no {mod}/ folder, no DICOM series)"
@@ -122,9 +152,20 @@ def resolve_case(folder: Path, rules: dict[str, SeriesRule]) -> Case:
             case.sources[mod] = Source("dicom", s.folder, s)
     if "tumor_mask" in files:
         case.sources["mask"] = Source("file", files["tumor_mask"])
-    chosen = [(m, s.series) for m, s in case.sources.items() if s.series is not None]
+    bad += [(src.path, why) for src in case.sources.values() if src.kind == "file" and (why := _probe_file(src.path))]
+    if unreadable is None and len(bad) > n_bad:
+        raise VCEInputError(f"{folder}: {unreadable_message(folder, bad)}")
+    _check_chosen(folder, case)
+    return case
+
+
+def _check_chosen(folder: Path, case: Case) -> None:
+    """Refuse one series chosen for two modalities, and series of several patients in one folder."""
     uids: dict[str, str] = {}
-    for mod, s in chosen:
+    for mod, src in case.sources.items():
+        s = src.series
+        if s is None:
+            continue
         if s.uid in uids:
             raise VCEInputError(f"{folder}: the same {s.label} was chosen for {uids[s.uid]} and {mod}; adjust the series rules")
         uids[s.uid] = mod
@@ -134,7 +175,6 @@ def resolve_case(folder: Path, rules: dict[str, SeriesRule]) -> Case:
             f"{folder}: the series chosen for source folder {folder.name} carry {len(case.patient_ids)} different "
             "PatientIDs (several patients in one folder?)"
         )
-    return case
 
 
 # --- pseudonym mapping ---------------------------------------------------------------------
@@ -260,39 +300,100 @@ def _shared_patient_ids(cases: list[Case]) -> list[str]:
     return errors
 
 
+def _failure(src: Path, unreadable: list[tuple[Path, str]], errors: list[str]) -> VCEInputError:
+    """One error for a failed import: every unreadable file (count, names relative to ``src``), then
+    every other problem, one per line."""
+    lines = [f"unreadable: {relative_name(f, src)}: {why}" for f, why in unreadable] + errors
+    head = f"import of {src} failed"
+    if unreadable:
+        head += f": {len(unreadable)} unreadable file(s) (relative to {src})" + (f", {len(errors)} other problem(s)" if errors else "")
+    else:
+        head += f" ({len(errors)} problem(s))"
+    return VCEInputError(head + ":\n  " + "\n  ".join(lines))
+
+
 def _resolve_cases(src: Path, folders: list[Path], rules: dict[str, SeriesRule]) -> list[Case]:
-    """Resolve every source folder; all problems together in one :class:`VCEInputError`."""
+    """Resolve every source folder; all problems together in one :class:`VCEInputError`, every
+    unreadable file of every patient included."""
     errors = [f"{src / later}: source folders {first} and {later} differ only in case (duplicate patient?)"
               for first, later in case_duplicates(f.name for f in folders)]
+    unreadable: list[tuple[Path, str]] = []
     cases: list[Case] = []
     for f in folders:
         try:
-            cases.append(resolve_case(f, rules))
+            cases.append(resolve_case(f, rules, unreadable))
         except VCEInputError as exc:
             errors.append(str(exc))
     errors += _shared_patient_ids(cases)
-    if errors:
-        raise VCEInputError(f"import of {src} failed ({len(errors)} problem(s)):\n  " + "\n  ".join(errors))
+    if errors or unreadable:
+        raise _failure(src, unreadable, errors)
     return cases
 
 
-def _import_case(case: Case, pid: str, patient_out: Path) -> dict[str, dict[str, Any]]:
-    """Read, reorient and write one case's volumes into the new folder ``patient_out``; per modality its summary."""
+def rescale_to_12bit(img: sitk.Image) -> tuple[sitk.Image, float | None]:
+    """``img`` scaled linearly by ``4095 / max`` into [0, 4095] (float32) when its maximum exceeds
+    4095, with the factor; else ``img`` unchanged and None. Zero stays zero (body masks and the
+    field-of-view rule rely on exact zeros); negative values are not shifted (validate refuses them)."""
+    arr = sitk.GetArrayViewFromImage(img)
+    hi = float(arr.max())
+    top = SCANNER_RANGE[1]
+    if not hi > top:
+        return img, None
+    factor = top / hi
+    scaled = np.minimum(np.asarray(arr, dtype=np.float32) * np.float32(factor), np.float32(top))
+    out = sitk.GetImageFromArray(scaled)
+    out.CopyInformation(img)
+    return out, factor
+
+
+def _import_case(case: Case, pid: str, patient_out: Path, rescale_12bit: bool = False) -> dict[str, dict[str, Any]]:
+    """Read, reorient (and with ``rescale_12bit`` rescale, :func:`rescale_to_12bit`) and write one
+    case's volumes into the new folder ``patient_out``; per modality its summary."""
     patient_out.mkdir()
     info = {}
     try:
         for mod, source in case.sources.items():
             img = _read(source, mod, pid)
+            factor = None
+            if mod != "mask" and rescale_12bit:
+                img, factor = rescale_to_12bit(img)
+            elif mod != "mask":
+                _warn_range(img, mod, pid)
             write_deidentified(img, patient_out / PATIENT_FILES[mod])
             info[mod] = {
                 "source": "dicom" if source.kind == "dicom" else "file",
                 "size": list(img.GetSize()),
                 "spacing_mm": [round(s, 4) for s in img.GetSpacing()],
             }
+            if factor is not None:
+                info[mod]["rescale_12bit_factor"] = factor
     except VCEInputError as exc:
         raise VCEInputError(f"source folder {case.folder.name} ({pid}): {exc}") from exc
     logger.info("imported %s: %s", pid, ", ".join(f"{m} {v['source']} {v['size']}" for m, v in info.items()))
     return info
+
+
+def _warn_range(img: sitk.Image, mod: str, pid: str) -> None:
+    """Warn (pseudonym and modality only) when ``img`` leaves the 12-bit range: validate will refuse it."""
+    arr = sitk.GetArrayViewFromImage(img)
+    problem = intensity_problem(float(arr.min()), float(arr.max()))
+    if problem:
+        logger.warning("%s %s: %s (vce validate and register will refuse it)", pid, mod, problem)
+
+
+def _import_all(cases: list[Case], pseudo: dict[str, str], tmp: Path, src: Path, rescale_12bit: bool) -> dict[str, Any]:
+    """Import every case into ``tmp``; every case's problem together in one :class:`VCEInputError`."""
+    summary: dict[str, Any] = {}
+    errors = []
+    for c in cases:
+        pid = pseudo[c.folder.name]
+        try:
+            summary[pid] = _import_case(c, pid, tmp / pid, rescale_12bit)
+        except VCEInputError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise _failure(src, [], errors)
+    return summary
 
 
 def _write_mapping(mapping_path: Path, entries: list[dict[str, Any]]) -> None:
@@ -310,12 +411,15 @@ def import_cohort(
     out: str | Path,
     mapping: str | Path | None = None,
     rules: dict[str, SeriesRule] | None = None,
+    rescale_12bit: bool = False,
 ) -> dict[str, str]:
     """Import every patient folder of ``src`` into ``out`` (raw layout); returns ``{pseudonym: kinds}``.
 
     All source folders are resolved first and every problem is reported together (one
-    :class:`VCEInputError`, each line naming the source folder); ``out`` and the mapping are only
-    written when every patient imports cleanly.
+    :class:`VCEInputError`, each line naming the source folder, every unreadable file named
+    relative to ``src``); ``out`` and the mapping are only written when every patient imports
+    cleanly. ``rescale_12bit``: scale each modality whose maximum exceeds 4095 into [0, 4095]
+    (:func:`rescale_to_12bit`; factors in ``import.json``).
     """
     src, out = Path(src), Path(out)
     mapping_path = Path(mapping) if mapping else default_mapping_path(src)
@@ -325,13 +429,11 @@ def import_cohort(
     entries = load_mapping(mapping_path)
     pseudo = assign_pseudonyms(cases, entries, mapping_path)
 
-    summary: dict[str, Any] = {}
     with atomic_dir(out) as tmp:
-        for c in cases:
-            pid = pseudo[c.folder.name]
-            summary[pid] = _import_case(c, pid, tmp / pid)
+        summary = _import_all(cases, pseudo, tmp, src, rescale_12bit)
         write_json(tmp / "import.json", {"orientation": CANONICAL_ORIENTATION, "tool": "vce import",
-                                         "nifti_description": NIFTI_DESCRIPTION, "patients": summary})
+                                         "nifti_description": NIFTI_DESCRIPTION, "rescale_12bit": bool(rescale_12bit),
+                                         "patients": summary})
         _write_mapping(mapping_path, entries)
     logger.info("imported %d patient(s) into %s (mapping: kept next to the source data)", len(summary), out)
     return {p: ",".join(sorted(v)) for p, v in summary.items()}
