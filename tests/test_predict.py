@@ -89,3 +89,64 @@ def test_predict_refuses_bad_inputs(model_dir, tiny_cohort, tmp_path, capsys):
         assert not out.exists(), what
         err = capsys.readouterr().err
         assert "error" in err and str(tmp_path) in err or str(pdir) in err, (what, err)
+
+
+@pytest.mark.parametrize("out, message", [
+    ("x.txt", "{out}: the output must be a NIfTI file ending in .nii.gz or .nii (got .txt)"),
+    ("synthetic", "{out}: the output must be a NIfTI file ending in .nii.gz or .nii (got no extension)"),
+    ("nodir/x.nii.gz", "{out}: its directory {tmp}/nodir does not exist (create it first)"),
+    ("notes.txt/x.nii.gz", "{out}: {tmp}/notes.txt is not a directory"),
+    ("adir", "{out}: is a directory; --out names the output file, e.g. {tmp}/adir/synthetic_t1c.nii.gz"),
+])
+def test_predict_refuses_a_bad_output_before_any_work(tmp_path, capsys, out, message):
+    """The output is checked first: the model and inputs named here do not even exist."""
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "adir").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    target = tmp_path / out
+    rc = _predict("--t1", str(tmp_path / "no_t1.nii.gz"), "--t2", str(tmp_path / "no_t2.nii.gz"),
+                  "--model", str(tmp_path / "no_model"), "--out", str(target))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip() == "vce predict: error: " + message.format(out=target, tmp=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_prediction_is_zero_outside_the_t2_body_mask(model_dir, tiny_registered, tiny_cohort, tmp_path):
+    """The one conversion to scanner units (vce.inference.to_scanner) zeroes the air and leaves the
+    body alone: checked on a real prediction against the generator's raw inverse, and on the
+    NIfTI `vce predict` writes."""
+    from vce.inference import input_statistics, run_generator, synthesize_t1c
+    from vce.models.checkpoint import load_generator
+    from vce.prep.normalization import apply_calibration, forward, inverse
+    from vce.prep.slicing import SliceGeometry, body_mask, from_square, to_square
+
+    generator, meta = load_generator(model_dir / "checkpoint.pt")
+    md, variant = meta["metadata"], meta["variant"]
+    pdir = sorted(p for p in tiny_registered.iterdir() if p.is_dir())[0]
+    vols = {m: sitk.GetArrayFromImage(sitk.ReadImage(str(pdir / f"{m}.nii.gz"))).astype(np.float32) for m in ("T1", "T2")}
+    size = int(md["image_size"])
+    stats = input_statistics(vols, size, float(md["min_body_fraction"]), float(md["max_fov_missing"]))
+    mu, sd = apply_calibration(md["calibration"], stats)
+    pred = synthesize_t1c(generator, variant, vols, stats, (mu, sd), size)
+
+    geom = SliceGeometry.for_shape(vols["T2"].shape[1:], size)
+    x = np.stack([forward(to_square(vols[m], geom), stats[m]["mu"], stats[m]["sd"], variant["normalization"])
+                  for m in variant["modalities"]], axis=1)
+    raw = inverse(from_square(run_generator(generator, x), geom), mu, sd, variant["normalization"])
+    raw = np.clip(np.rint(raw), 0, 4095)
+    body = body_mask(vols["T2"])
+    air = ~body
+    assert air.any() and body.any()
+    assert np.median(raw[air]) > 0  # the grey halo the mask removes
+    assert np.all(pred[air] == 0)
+    np.testing.assert_array_equal(pred[body], raw[body])
+
+    # the NIfTI of `vce predict` on the raw (unregistered) inputs: 0 outside its T2's body mask
+    src = _patient(tiny_cohort)
+    out = tmp_path / "p.nii.gz"
+    assert _predict("--t1", str(src / "T1.nii.gz"), "--t2", str(src / "T2.nii.gz"), "--model", str(model_dir),
+                    "--out", str(out)) == 0
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    t2 = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "T2.nii.gz"))).astype(np.float32)
+    assert np.all(written[~body_mask(t2)] == 0) and written[body_mask(t2)].max() > 0

@@ -2,6 +2,8 @@
 
 Arrays are (z, y, x) in scanner units on the T2 grid; the generator sees (B, C, S, S)
 normalised slices with channels in the order of ``variant.modalities`` (T1 before T2).
+:func:`to_scanner` is the one place a prediction becomes scanner units (12-bit, zero in the air
+outside the T2 body mask), for ``vce predict`` and for the evaluation's synthesisers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 from .io.errors import VCEInputError
+from .io.nifti import to_uint12
 from .prep.normalization import forward, inverse, patient_stats
 from .prep.slicing import SliceGeometry, body_mask, from_square, kept_slices, to_square
 
@@ -53,6 +56,22 @@ def input_statistics(
     return stats
 
 
+def to_scanner(pred: np.ndarray, t2: np.ndarray) -> np.ndarray:
+    """The one way a prediction becomes the pipeline's output in scanner units (``vce predict``
+    and ``vce evaluate`` alike): clipped to [0, 4095], rounded to 12 bits (float32), and exactly
+    0 outside the T2 body mask (:func:`vce.prep.slicing.body_mask`, the mask the split uses).
+
+    The mask's complement is air: the scanner measures no tissue there, and the generator's output
+    there (a grey halo where both inputs are 0) is not signal. Inside the mask the prediction is
+    unchanged. ``pred`` and ``t2``: (z, y, x) on the T2 grid.
+    """
+    if pred.shape != t2.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from the T2 shape {t2.shape}")
+    out = to_uint12(pred).astype(np.float32)
+    out[~body_mask(t2)] = 0.0
+    return out
+
+
 def synthesize_t1c(
     generator: torch.nn.Module,
     variant: dict[str, Any],
@@ -62,10 +81,12 @@ def synthesize_t1c(
     image_size: int,
     batch_size: int = 16,
 ) -> np.ndarray:
-    """Synthetic T1C (z, y, x), scanner units clipped to [0, 4095], for every slice of the volume.
+    """Synthetic T1C (z, y, x) in scanner units (:func:`to_scanner`: 12-bit, 0 outside the T2 body
+    mask), for every slice of the volume.
 
-    ``volumes`` holds the registered inputs named in ``variant["modalities"]``; ``stats`` their
-    patient statistics; ``t1c_stats`` the (mu, sd) used to invert the normalisation.
+    ``volumes`` holds the registered inputs named in ``variant["modalities"]`` and ``"T2"`` (whose
+    body mask is applied); ``stats`` their patient statistics; ``t1c_stats`` the (mu, sd) used to
+    invert the normalisation.
     """
     method = variant["normalization"]
     mods = list(variant["modalities"])
@@ -76,4 +97,4 @@ def synthesize_t1c(
     )
     y = run_generator(generator, x, batch_size)
     pred = inverse(from_square(y, geom), t1c_stats[0], t1c_stats[1], method)
-    return np.clip(pred, 0.0, 4095.0)
+    return to_scanner(pred, volumes["T2"])

@@ -6,9 +6,11 @@ canonical LPS orientation the model was trained in (a permutation/flip, no inter
 registered onto T2 with the registration settings the model was trained with (rigid + B-spline,
 Mattes MI), both are normalised with their own statistics, the generator runs on batches of
 slices, and the result is mapped back to scanner units with T1C statistics predicted from T1/T2
-by the calibration fitted on the training patients (a new patient has no real T1C). The output
-is written on the *original* T2 grid (same size, spacing, origin, direction and affine), as
-12-bit integers, with a header description marking it synthetic.
+by the calibration fitted on the training patients (a new patient has no real T1C), and set to 0
+outside the T2 body mask (the air: :func:`vce.inference.to_scanner`, as the evaluation does). The
+output is written on the *original* T2 grid (same size, spacing, origin, direction and affine), as
+12-bit integers, with a header description marking it synthetic. ``--out`` must be a ``.nii.gz``
+or ``.nii`` path in an existing directory (:func:`check_output`, before any work).
 """
 
 from __future__ import annotations
@@ -38,13 +40,37 @@ def _register_config(stored: dict | None) -> RegisterConfig:
     return RegisterConfig(**kw)
 
 
+#: What ``vce predict --out`` may end in: the output is one NIfTI volume.
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def check_output(out: str | Path) -> Path:
+    """Refuse, before any work, an output that is not a NIfTI path (``.nii.gz`` / ``.nii``) in an
+    existing directory. Raises :class:`VCEInputError` naming ``out``; returns it as a ``Path``."""
+    out = Path(out)
+    if out.is_dir():
+        raise VCEInputError(f"{out}: is a directory; --out names the output file, e.g. {out / 'synthetic_t1c.nii.gz'}")
+    if not out.name.endswith(NIFTI_SUFFIXES) or out.name in NIFTI_SUFFIXES:
+        got = "".join(out.suffixes) or "no extension"
+        raise VCEInputError(f"{out}: the output must be a NIfTI file ending in .nii.gz or .nii (got {got})")
+    parent = out.parent
+    if not parent.exists():
+        raise VCEInputError(f"{out}: its directory {parent} does not exist (create it first)")
+    if not parent.is_dir():
+        raise VCEInputError(f"{out}: {parent} is not a directory")
+    return out
+
+
 def predict_patient(
     t1_path: str | Path, t2_path: str | Path, checkpoint: str | Path, out: str | Path, batch_size: int = 16,
 ) -> Path:
     """Synthesise T1C for one patient and write it to ``out`` (NIfTI, atomically). Returns ``out``.
 
-    Raises :class:`VCEInputError` for a missing/unreadable/unsuitable input or checkpoint.
+    Raises :class:`VCEInputError` for a missing/unreadable/unsuitable input or checkpoint, or an
+    output that is not a NIfTI path in an existing directory (:func:`check_output`, checked first).
+    The synthetic T1C is 0 outside the T2 body mask (air; :func:`vce.inference.to_scanner`).
     """
+    out = check_output(out)
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise VCEInputError(f"{checkpoint}: model checkpoint not found")

@@ -2,7 +2,11 @@
 
 Every synthesiser maps ``(case) -> {inversion: prediction}``: ``prediction`` is (z, y, x) on the
 T2 grid in scanner units, clipped to [0, 4095] and rounded to 12 bits, for every slice of the
-volume; ``inversion`` is a key of :data:`INVERSIONS`:
+volume; ``inversion`` is a key of :data:`INVERSIONS`. The models (trained generators and the
+learnability regressor) go through :func:`vce.inference.to_scanner`, the same function
+``vce predict`` uses, so their predictions are exactly 0 outside the T2 body mask (the mask's
+complement is air; whole-image scores such as ``mae`` include that air as 0). The oracle is the
+truth through the resampling and keeps the truth's air.
 
 * ``"gt"``: the paper's inversion, the normalisation undone with the ground truth's own T1C
   mean and sd (an oracle a new patient does not have);
@@ -23,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from vce.inference import run_generator
+from vce.inference import run_generator, to_scanner
 from vce.io.nifti import to_uint12
 from vce.prep.normalization import forward, inverse
 from vce.prep.slicing import SliceGeometry, from_square, to_square
@@ -66,7 +70,8 @@ class Synthesiser(Protocol):
 
 
 def _scanner(pred: np.ndarray) -> np.ndarray:
-    """Scanner units as the study stores predictions: clipped to [0, 4095], 12-bit integers, float32."""
+    """Scanner units as the study stores images: clipped to [0, 4095], 12-bit integers, float32 (no
+    body mask: the :class:`Oracle` is the truth, air included, through the resampling only)."""
     return to_uint12(np.clip(pred, 0.0, 4095.0)).astype(np.float32)
 
 
@@ -78,9 +83,11 @@ def _normalised_inputs(case: Case, modalities: tuple[str, ...], method: str) -> 
 
 
 def _invert_all(case: Case, y: np.ndarray, method: str) -> dict[str, np.ndarray]:
-    """Normalised (z, S, S) output -> ``{inversion: (z, y, x) scanner units}`` on the T2 grid."""
+    """Normalised (z, S, S) output -> ``{inversion: (z, y, x) scanner units}`` on the T2 grid, through
+    :func:`vce.inference.to_scanner` as ``vce predict`` does: 12-bit and 0 outside the T2 body mask (air)."""
     back = from_square(y, case.geometry)
-    return {inv: _scanner(inverse(back, mu, sd, method)) for inv, (mu, sd) in case.t1c_stats.items()}
+    t2 = case.volumes["T2"]
+    return {inv: to_scanner(inverse(back, mu, sd, method), t2) for inv, (mu, sd) in case.t1c_stats.items()}
 
 
 @dataclass
