@@ -250,3 +250,33 @@ def test_calibration_report_files(tiny_normalized, tiny_split):
     x = np.load(tiny_split / "train" / "T1C.npy")[r][np.load(tiny_split / "train" / "body.npy")[r].astype(bool)]
     want = np.abs((x - mu) * (sd_hat / sd - 1) + (mu_hat - mu)).mean()
     assert row.mae_calibration == pytest.approx(want, rel=1e-4)
+
+
+def test_object_array_in_the_slice_store_is_refused_by_name(tiny_split, tmp_path, capsys):
+    """An object-dtype .npy (pickled Python objects) in the slice store: exit 2 naming the file, no output."""
+    import shutil
+
+    from vce.cli import main
+
+    split = tmp_path / "split"
+    shutil.copytree(tiny_split, split)
+    bad = split / "train" / "T1C.npy"
+    np.save(bad, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    out = tmp_path / "normalized"
+    rc = main(["normalize", "--split", str(split), "--out", str(out), "--profile", "tiny"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip() == (f"vce normalize: error: {bad}: holds an object array (pickled Python objects, dtype object), "
+                           "not numbers; it is not loaded (a pickle can run code); rewrite it with the step that makes it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["split"]
+
+
+def test_free_space_needed_is_every_float32_array_of_every_method(tiny_split):
+    """The preflight before the memory-mapped writes asks for what normalize_split writes."""
+    from vce.prep.normalization import _normalized_nbytes, _open_slice_store
+    from vce.prep.split import SPLITS, STORE_MODALITIES
+
+    arrays, _ = _open_slice_store(tiny_split)
+    need = _normalized_nbytes(arrays, ("zscore", "sigmoid"))
+    data = sum(arrays[s][m].size * 4 for s in SPLITS for m in STORE_MODALITIES)
+    assert 2 * data < need <= 2 * data + 2 * len(SPLITS) * len(STORE_MODALITIES) * 4096

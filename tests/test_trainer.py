@@ -447,3 +447,102 @@ def test_health_warning_reaches_tracker(tmp_path: Path) -> None:
     assert ({"health_d_collapse": 1.0}, 2) in tracker.metrics
     assert "vce.health.d_collapse" in tracker.tags
     assert json.loads((out / "train_summary.json").read_text())["health_warnings"][0] == "d_collapse"
+
+
+# --------------------------------------------------------------------------- a bad resumable state, image size, object arrays
+
+
+class _Payload:
+    """A pickle payload: loading it with full unpickling would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (str(self.marker), "w"))
+
+
+def _resume_cli(tmp_path: Path, state_bytes: bytes, capsys) -> tuple[int, str, Path, Path]:
+    from vce.cli import main
+
+    store = _write_store(tmp_path / "normalized")
+    params = _params_file(tmp_path, checkpoint_every=2)
+    out = tmp_path / "run"
+    state = tmp_path / "run.partial" / "last.pt"
+    state.parent.mkdir()
+    state.write_bytes(state_bytes)
+    rc = main(["train", "--variant", "pgmgvce_main", "--normalized", str(store), "--out", str(out), "--no-tracking",
+               "--params", str(params), "--profile", "tiny", "--device", "cpu", "--resume"])
+    return rc, capsys.readouterr().err, out, state
+
+
+REMEDY = "; delete it (rm {state}) to start from scratch, or run without --resume (which deletes it and starts from scratch)"
+
+
+@pytest.mark.parametrize("how", ["torch_save", "pickle_protocol_2"])
+def test_resume_refuses_a_malicious_state_without_running_it(tmp_path: Path, capsys, how: str) -> None:
+    import io
+    import pickle
+
+    marker = tmp_path / "pwned"
+    buf = io.BytesIO()
+    payload = {"format_version": 1, "iteration": 2, "generator": _Payload(marker)}
+    if how == "torch_save":
+        torch.save(payload, buf)
+    else:
+        pickle.dump(payload, buf, protocol=2)
+    rc, err, out, state = _resume_cli(tmp_path, buf.getvalue(), capsys)
+    assert not marker.exists()  # nothing in the file was run
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"vce train: error: {state}: refused: it holds Python objects other than tensors and plain values, which a "
+        "resumable training state never does (not loaded, nothing in it was run)" + REMEDY.format(state=state))
+    assert "weights_only=False" not in err  # torch's advice to unpickle anyway is not passed on
+    assert not out.exists() and state.exists()
+
+
+def test_resume_refuses_a_truncated_state_naming_it(tmp_path: Path, capsys) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"format_version": 1, "iteration": 2, "generator": {"w": torch.zeros(4096)}}, buf)
+    rc, err, out, state = _resume_cli(tmp_path, buf.getvalue()[: len(buf.getvalue()) // 2], capsys)
+    assert rc == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"vce train: error: {state}: not a loadable resumable training state (truncated, corrupt "
+                           "or not a torch file: ")
+    assert line.endswith(REMEDY.format(state=state))
+    assert not out.exists()
+
+
+def test_image_size_the_config_accepts_trains_and_one_it_refuses_does_not(tmp_path: Path) -> None:
+    """split.image_size 40 passes load_config (a multiple of 4 for two halvings) and trains one
+    iteration of both generators; 30 is refused at load, and the generators themselves refuse it."""
+    import dataclasses
+
+    from vce.config import ConfigError, load_config_text
+
+    text = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    head, tiny = text.split("  tiny:\n")
+    with pytest.raises(ConfigError, match=r"split\.image_size must be a multiple of 4 and at least 8 \(got 30\)"):
+        load_config_text(head + "  tiny:\n" + tiny.replace("image_size: 48 ", "image_size: 30 "), "tiny")
+    cfg = load_config_text(head + "  tiny:\n" + tiny.replace("image_size: 48 ", "image_size: 40 "), "tiny")
+    train = dataclasses.replace(cfg.train, iterations=1, log_every=1)
+    for name in ("pgmgvce_main", "baseline_mmgsn"):
+        norm = _write_split(tmp_path / f"norm{cfg.split.image_size}", n=4, s=cfg.split.image_size)
+        out = train_variant(norm, tmp_path / name, cfg.variant(name), train, seed=1)
+        assert torch.load(out / "checkpoint.pt", weights_only=True)["iterations"] == 1
+        small = _write_split(tmp_path / "norm30", n=4, s=30)
+        with pytest.raises(ValueError, match="multiples of 4"):
+            train_variant(small, tmp_path / f"{name}30", cfg.variant(name), train, seed=1)
+
+
+def test_object_array_in_the_store_is_refused_by_name(tmp_path: Path) -> None:
+    norm = _write_split(tmp_path / "norm")
+    bad = norm / "train" / "T2.npy"
+    np.save(bad, np.array([[{"a": 1}]], dtype=object), allow_pickle=True)
+    with pytest.raises(VCEInputError) as info:
+        train_variant(norm, tmp_path / "run", MAIN, TINY, seed=1)
+    assert str(info.value) == (f"{bad}: holds an object array (pickled Python objects, dtype object), not numbers; "
+                               "it is not loaded (a pickle can run code); rewrite it with the step that makes it")
+    assert not (tmp_path / "run").exists()

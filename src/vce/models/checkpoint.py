@@ -21,6 +21,8 @@ that was trained), :func:`make_checkpoint` / :func:`save_checkpoint` write and
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_generator",
+    "load_weights_only",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -114,16 +117,43 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def load_weights_only(path: str | Path, what: str, remedy: str = "", map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain python values only, so a pickle
+    payload (a class whose ``__reduce__`` runs code) is refused, never executed.
+
+    Raises :class:`VCEInputError` naming ``path`` and ``what`` it should be, on one line, for a
+    file holding other Python objects (refused) or one that is truncated or corrupt; ``remedy``
+    (e.g. "; delete it") is appended. torch's own advice to load with ``weights_only=False`` is
+    never passed on."""
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files: the error says enough
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" in str(exc).lower():  # a class or function to call: what a pickle payload is
+            raise VCEInputError(f"{path}: refused: it holds Python objects other than tensors and plain values, which "
+                                f"a {what} never does (not loaded, nothing in it was run){remedy}") from None
+        reason = "a pickle stream the weights-only reader does not accept"
+        raise VCEInputError(f"{path}: not a loadable {what} (truncated, corrupt or not a torch file: {reason}){remedy}") from None
+    except Exception as exc:  # noqa: BLE001 - any format error is a bad input file
+        raise VCEInputError(f"{path}: not a loadable {what} (truncated, corrupt or not a torch file: "
+                            f"{_first_line(exc)}){remedy}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run to many lines of advice)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``; :class:`VCEInputError` naming
-    the file when it is missing, not loadable, or lacks the ``generator``/``model`` keys."""
+    """Read a checkpoint with ``torch.load(weights_only=True)`` (:func:`load_weights_only`);
+    :class:`VCEInputError` naming the file when it is missing, not loadable, holds a pickle
+    payload, or lacks the ``generator``/``model`` keys."""
     path = Path(path)
     if not path.is_file():
         raise VCEInputError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling/format error is a bad input file
-        raise VCEInputError(f"{path}: not a loadable checkpoint: {exc}") from exc
+    ckpt = load_weights_only(path, "VCE checkpoint", map_location=map_location)
     if not isinstance(ckpt, dict) or "generator" not in ckpt or "model" not in ckpt:
         raise VCEInputError(f"{path}: not a VCE trainer checkpoint (needs 'generator' and 'model' keys)")
     return ckpt

@@ -78,19 +78,32 @@ def save_state(path: Path, iteration: int, ident: dict[str, Any], parts: dict[st
     return path
 
 
+def _remedy(path: Path) -> str:
+    """What to do about a state that cannot be resumed (appended to every refusal of :func:`load_state`)."""
+    return (f"; delete it (rm {path}) to start from scratch, or run without --resume "
+            "(which deletes it and starts from scratch)")
+
+
 def load_state(path: Path, ident: dict[str, Any], iterations: int) -> dict[str, Any]:
-    """Read a state written by :func:`save_state`; :class:`VCEInputError` naming the file when it
-    cannot be read, comes from another run (variant, seed, train config except
-    :data:`RESUME_FREE`, world size) or is already at or past ``iterations``."""
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a truncated/corrupt/malicious file is a bad input
-        raise VCEInputError(f"{path}: not a loadable resumable state: {exc}") from exc
+    """Read a state written by :func:`save_state` with ``torch.load(weights_only=True)`` (a pickle
+    payload is refused, never run: :func:`vce.models.checkpoint.load_weights_only`).
+
+    :class:`VCEInputError` naming the file, and saying how to start fresh, when it is truncated,
+    corrupt or malicious, not a state of this format, comes from another run (variant, seed,
+    train config except :data:`RESUME_FREE`, world size) or is already at or past ``iterations``."""
+    from vce.models.checkpoint import load_weights_only
+
+    st = load_weights_only(path, "resumable training state", _remedy(path))
+    if not isinstance(st, dict) or not isinstance(st.get("iteration"), int):
+        raise VCEInputError(f"{path}: not a loadable resumable training state (no iteration count){_remedy(path)}")
+    if st.get("format_version") != STATE_FORMAT:
+        raise VCEInputError(f"{path}: resumable state of format {st.get('format_version')!r}, this version reads "
+                            f"{STATE_FORMAT}{_remedy(path)}")
     mismatch = [k.replace("_", " ") for k in ident if _comparable(k, st.get(k)) != _comparable(k, ident[k])]
     if mismatch:
-        raise VCEInputError(f"{path}: cannot resume, the {', '.join(mismatch)} differ(s) from this run")
+        raise VCEInputError(f"{path}: cannot resume, the {', '.join(mismatch)} differ(s) from this run{_remedy(path)}")
     if st["iteration"] >= iterations:
-        raise VCEInputError(f"{path}: state is at iteration {st['iteration']} >= iterations {iterations}")
+        raise VCEInputError(f"{path}: state is at iteration {st['iteration']} >= iterations {iterations}{_remedy(path)}")
     return st
 
 
