@@ -264,3 +264,157 @@ def test_mlflow_ui_with_auth_refuses_anonymous_requests(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- a whole `vce run`, killed and failed
+# A tiny study of two variants with trainings long enough to be caught running (~4 min each here).
+STUDY_VARIANTS = ["pgmgvce_main", "baseline_mmgsn"]
+
+
+def _study_setup(tmp_path: Path, tiny_cohort: Path) -> dict:
+    import shutil
+
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profiles"]["tiny"]["study"]["variants"] = STUDY_VARIANTS
+    raw["profiles"]["tiny"]["train"]["iterations"] = 60
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    shutil.copytree(tiny_cohort, tmp_path / "data")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [VCE, "run", "--params", str(params), "--profile", "tiny", "--data", str(tmp_path / "data"),
+            "--out", str(tmp_path / "out"), "--tracking-uri", uri]
+    return {"argv": argv, "uri": uri, "out": tmp_path / "out", "log": tmp_path / "run.log"}
+
+
+def _start(study: dict, log: Path) -> subprocess.Popen:
+    with open(log, "w") as f:
+        return subprocess.Popen(study["argv"], stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _runs(uri: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri, uri)
+    exp = client.get_experiment_by_name("vce-study")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def _wait_for_training(study: dict, proc: subprocess.Popen, timeout: float = 900) -> list[int]:
+    """Block until a variant's MLflow run is RUNNING and its train-op process is alive; its pids."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, study["log"].read_text()[-3000:]
+        if Path(study["uri"][len("sqlite:///"):]).is_file():
+            try:
+                running = [r for r in _runs(study["uri"]) if r.info.status == "RUNNING" and "vce.variant" in r.data.tags]
+            except Exception:  # noqa: BLE001 - the store is being created by the run
+                running = []
+            trainers = [p for p in _session(proc.pid)  # the component's python, not kfp's sh around it
+                        if "train-op" in _cmdline(p) and "-m kfp.dsl.executor_main" in _cmdline(p)
+                        and not _cmdline(p).startswith("sh ")]
+            if running and trainers:
+                return trainers
+        time.sleep(0.5)
+    raise AssertionError("no training seen running")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _session(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (the run was started as a session leader)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != sid:
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def _of_the_run(sid: int, out: Path) -> list[int]:
+    """Processes left by the run: in its session, or naming its --out on their command line."""
+    mine = {os.getpid(), *[int(p) for p in _ancestor_pids()]}
+    named = [int(d.name) for d in Path("/proc").iterdir()
+             if d.name.isdigit() and int(d.name) not in mine and str(out) in _cmdline(int(d.name)) and _alive(int(d.name))]
+    return sorted(set(_session(sid)) | set(named))
+
+
+def _ancestor_pids() -> list[int]:
+    from vce.runtime import ancestors
+
+    return ancestors()
+
+
+@pytest.mark.slow
+def test_kill_9_of_vce_run_leaves_no_process_and_the_rerun_reconciles(tmp_path, tiny_cohort):
+    """kill -9 of `vce run` while its trainings run: within seconds no process of the run is left (the
+    trainings used to finish and register models), its MLflow runs are still RUNNING (nobody could close
+    them); the rerun on the same --out marks them KILLED (with an end time), completes, and leaves no
+    run RUNNING."""
+    study = _study_setup(tmp_path, tiny_cohort)
+    first = _start(study, tmp_path / "first.log")
+    study["log"] = tmp_path / "first.log"
+    try:
+        trainers = _wait_for_training(study, first)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        t0 = time.time()
+        at_kill = {r.info.run_id: r.info.status for r in _runs(study["uri"])}
+        while time.time() - t0 < 10 and _of_the_run(first.pid, study["out"]):
+            time.sleep(0.1)
+        left = _of_the_run(first.pid, study["out"])
+        assert left == [], [(p, _cmdline(p)[:200]) for p in left]
+        assert all(not _alive(p) for p in trainers) and time.time() - t0 < 10
+    finally:
+        for p in _of_the_run(first.pid, study["out"]):
+            os.kill(p, signal.SIGKILL)
+    assert {r.info.run_id: r.info.status for r in _runs(study["uri"])} == at_kill  # no orphan went on writing
+    killed = {k for k, v in at_kill.items() if v == "RUNNING"}
+    assert len(killed) >= 2  # the study's parent and at least one training, left RUNNING by the kill
+
+    study["log"] = tmp_path / "second.log"
+    second = _start(study, study["log"])
+    rc = second.wait(timeout=1800)
+    log = study["log"].read_text()
+    assert rc == 0, log[-3000:]
+    assert f"marked {len(killed)} MLflow run(s) in experiment 'vce-study' KILLED" in log
+    runs = {r.info.run_id: r for r in _runs(study["uri"])}
+    assert [r.info.run_name for r in runs.values() if r.info.status == "RUNNING"] == []
+    assert all(runs[k].info.status == "KILLED" and runs[k].info.end_time for k in killed)
+    finished = [r for r in runs.values() if r.info.status == "FINISHED"]
+    assert sorted(r.data.tags.get("vce.variant", "study") for r in finished) == sorted([*STUDY_VARIANTS, "study"])
+    assert (study["out"] / "report" / "champion.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_failed_step_leaves_the_study_failed_not_running(tmp_path, tiny_cohort):
+    """A training dies (kill -9 of its process: the OOM killer's way) while `vce run` lives on: the
+    DAG fails, `vce run` exits non-zero, and the study's parent run and the dead training's run are
+    FAILED, not RUNNING forever; the other variant's run finished."""
+    study = _study_setup(tmp_path, tiny_cohort)
+    proc = _start(study, study["log"])
+    try:
+        trainer = _wait_for_training(study, proc)[0]
+        os.kill(trainer, signal.SIGKILL)
+        rc = proc.wait(timeout=1800)
+    finally:
+        for p in _of_the_run(proc.pid, study["out"]):
+            os.kill(p, signal.SIGKILL)
+    log = study["log"].read_text()
+    assert rc != 0, log[-3000:]
+    runs = _runs(study["uri"])
+    status = {r.data.tags.get("vce.variant", "study"): r.info.status for r in runs}
+    assert status["study"] == "FAILED" and "RUNNING" not in status.values(), status
+    assert sorted(status.values()) == ["FAILED", "FAILED", "FINISHED"], status
+    assert "marked 2 MLflow run(s) of this study FAILED" in log
+    assert not (study["out"] / "report").exists()
