@@ -165,11 +165,11 @@ def _import_src(tmp_path, tiny_cohort, kind):
     if kind == "truncated_dicom":
         f = sorted(t2.iterdir())[2]
         f.write_bytes(f.read_bytes()[:400])
-        return src, str(f)
+        return src, str(f.relative_to(src))
     if kind == "non_image":
         shutil.rmtree(t2)
         (b / "T2.nii.gz").write_bytes(b"this is not an image")
-        return src, str(b / "T2.nii.gz")
+        return src, "case_b/T2.nii.gz"
     if kind == "4d_dicom":
         shutil.rmtree(t2)
         write_dicom_series(t2, _arrays(tiny_cohort, 1)["T2"], "AX T2 TSE", 5, "ID-B", repeat=2)
@@ -218,7 +218,7 @@ def test_reimport_failure_keeps_previous_output(tmp_path, tiny_cohort, capsys):
     f = sorted((src / "case_a" / "study1" / "s9").iterdir())[3]
     f.write_bytes(f.read_bytes()[:300])  # a corrupt slice in the middle of T1C
     rc, err = _run(capsys, "import", "--src", str(src), "--out", str(out))
-    assert rc == 2 and "case_a" in err and str(f) in err
+    assert rc == 2 and "case_a" in err and str(f.relative_to(src)) in err
     assert {p.name: p.read_bytes() for p in (out / "P0001").iterdir()} == before
     assert (src / ".vce_pseudonyms.json").read_bytes() == mapping
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "src"]
