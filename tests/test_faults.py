@@ -44,6 +44,14 @@ def _wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
+def _killpg(pgid: int) -> None:
+    """Clean up what a test started (its own session); nothing left is fine."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _read_pids(path: Path, n: int, timeout: float = 30.0) -> list[int]:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -102,7 +110,7 @@ def test_components_die_with_their_owner_through_kfps_shell(tmp_path):
         assert time.time() - t0 < 5
         assert all(_alive(p) for p in survivor)  # without die_with_parent: orphans keep running
     finally:
-        os.killpg(owner.pid, signal.SIGKILL)
+        _killpg(owner.pid)
 
 
 def test_a_process_dies_with_its_parent_thread_pdeathsig(tmp_path):
@@ -120,7 +128,7 @@ def test_a_process_dies_with_its_parent_thread_pdeathsig(tmp_path):
         parent.wait()
         assert _wait_gone(_read_pids(pids, 2), 10) == []
     finally:
-        os.killpg(parent.pid, signal.SIGKILL)
+        _killpg(parent.pid)
 
 
 def test_a_component_whose_owner_is_gone_exits_at_once(tmp_path):
@@ -136,6 +144,35 @@ def test_a_component_whose_owner_is_gone_exits_at_once(tmp_path):
     res = subprocess.run([PY, "-c", "from vce.runtime import die_with_parent; die_with_parent(); print('ran on')"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "ran on" in res.stdout
+
+
+def test_torchrun_workers_die_with_torchrun(tmp_path):
+    """`vce train --nproc 2` runs its workers under torchrun: kill -9 of torchrun takes the training
+    workers (vce.steps.train calls die_with_parent in each) with it."""
+    from test_trainer import _params_file, _write_store
+
+    norm = _write_store(tmp_path / "normalized")
+    params = _params_file(tmp_path, iterations=100000, log_every=50, checkpoint_every=2)
+    out = tmp_path / "run"
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vce.cli", "train",
+           "--variant", "pgmgvce_main", "--normalized", str(norm), "--out", str(out), "--no-tracking",
+           "--params", str(params), "--profile", "tiny", "--device", "cpu"]
+    with open(tmp_path / "torchrun.log", "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list((tmp_path / "run.partial").glob("*.pt")):
+            assert proc.poll() is None, (tmp_path / "torchrun.log").read_text()[-3000:]
+            time.sleep(0.2)
+        from vce.runtime import descendants
+
+        workers = [p for p in descendants(proc.pid) if "vce.cli train" in Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()]
+        assert len(workers) == 2, (tmp_path / "torchrun.log").read_text()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _wait_gone(workers, 10) == []
+    finally:
+        _killpg(proc.pid)
 
 
 # --------------------------------------------------------------------------- one study per --out
