@@ -39,7 +39,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from ..config import SplitConfig
-from ..io.atomic import atomic_dir, write_json
+from ..io.atomic import atomic_dir, ensure_free_space, write_json
 from ..io.cohort import list_patients
 from ..io.errors import VCEInputError
 from ..io.nifti import PATIENT_FILES, read_volume
@@ -262,6 +262,10 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
     S = cfg.image_size
     kept, fov_excluded = _kept_slices(registered_dir, pids, cfg.min_body_fraction, cfg.max_fov_missing)
     rows, geometry = [], {}
+    # a memory-mapped write to a full disk dies of SIGBUS, half-written: check the room first
+    n_all = sum(len(kept[p]) for p in pids)
+    ensure_free_space(Path(out_dir).parent, n_all * S * S * (4 * len(STORE_MODALITIES) + 2), "the slice store",
+                      final=out_dir)
     with atomic_dir(out_dir) as tmp:
         stores = _open_stores(tmp, {s: sum(len(kept[p]) for p in pids if assignment[p] == s) for s in SPLITS}, S)
         cursor = {s: 0 for s in SPLITS}
