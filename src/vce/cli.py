@@ -57,6 +57,9 @@ def _data_parsers(sub: argparse._SubParsersAction) -> None:
                         "matched case-insensitively against 'SeriesDescription | ProtocolName | #SeriesNumber' (repeatable)")
     p.add_argument("--series-rules", default=None, metavar="FILE",
                    help="YAML/JSON file: {T1C: {include: REGEX, exclude: REGEX}, T2: REGEX, ...}")
+    p.add_argument("--rescale-12bit", action="store_true",
+                   help="scale each patient's modality whose maximum exceeds 4095 linearly into [0, 4095] "
+                        "(factor in import.json; docs/real_data.md)")
     _common(p)
 
     p = sub.add_parser("validate", help="check a raw cohort; JSON + CSV report; exit 1 if any error")
@@ -116,6 +119,8 @@ def _result_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=str(OUT / "split"))
     p.add_argument("--normalized", default=str(OUT / "normalized"))
     p.add_argument("--out", default=None, help="default: outputs/eval/<run directory name>")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the project store)")
     p.add_argument("--no-tracking", action="store_true")
     _common(p)
 
@@ -211,7 +216,7 @@ def _import(args: argparse.Namespace, cfg: Config) -> int:
     from . import steps
 
     pids = steps.import_patients(args.src, args.out, mapping=args.mapping, series_rules=args.series_rule,
-                                 series_rules_file=args.series_rules)
+                                 series_rules_file=args.series_rules, rescale_12bit=args.rescale_12bit)
     print(f"imported {len(pids)} patient(s) into {args.out}: {', '.join(pids)}")
     return 0
 
@@ -279,8 +284,11 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from . import steps
 
+    from .tracking import default_tracking_uri
+
     out = args.out or str(OUT / "eval" / Path(args.model).name)
-    t = steps.evaluate(args.model, args.registered, args.split, args.normalized, out, cfg, track=not args.no_tracking)
+    t = steps.evaluate(args.model, args.registered, args.split, args.normalized, out, cfg, track=not args.no_tracking,
+                       tracking_uri=args.tracking_uri or default_tracking_uri())
     shown = [c for c in ("patient", "mae", "mae_body", "mae_tumour", "ssim_body", "mae_body_cal", "enh_ratio_ring",
                          "gt_enh_ratio_ring", "enh_dice") if c in t.columns]
     print(t[shown].to_string(index=False, float_format=lambda x: f"{x:.4f}"))

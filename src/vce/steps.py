@@ -37,12 +37,15 @@ def import_patients(
     mapping: str | Path | None = None,
     series_rules: list[str] | None = None,
     series_rules_file: str | Path | None = None,
+    rescale_12bit: bool = False,
 ) -> dict[str, str]:
-    """Real patients (NIfTI / DICOM) -> de-identified raw cohort ``out``; ``{pseudonym: modalities}``."""
+    """Real patients (NIfTI / DICOM) -> de-identified raw cohort ``out``; ``{pseudonym: modalities}``.
+    ``rescale_12bit``: scale a modality whose maximum exceeds 4095 into [0, 4095] (docs/real_data.md)."""
     from .io.images import parse_rules
     from .prep.importing import import_cohort
 
-    return import_cohort(src, out, mapping=mapping, rules=parse_rules(series_rules, series_rules_file))
+    return import_cohort(src, out, mapping=mapping, rules=parse_rules(series_rules, series_rules_file),
+                         rescale_12bit=rescale_12bit)
 
 
 def validate(
