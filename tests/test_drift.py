@@ -31,7 +31,7 @@ SHARED = ("register", "split", "normalize", "train", "evaluate", "reference", "c
 KFP_ONLY_STEPS = {"synth", "start_study"}  # called by the cohort-op and start-study-op tasks
 SRC = ROOT / "src"
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-KFP = yaml.safe_load((ROOT / "pipelines" / "vce_study.yaml").read_text())
+KFP = next(yaml.safe_load_all((ROOT / "pipelines" / "vce_study.yaml").read_text()))  # the pipeline spec; the kubernetes platform spec follows
 
 
 def dvc_stage(name: str) -> dict:
