@@ -13,6 +13,24 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def mount_tmpfs(mnt: Path, opts: str):
+    """Mount a tmpfs with ``opts`` (e.g. ``size=3m`` or ``size=1m,ro``) at the new directory ``mnt``
+    for a fixture to yield; skips where mounting needs root and we are not (CI runs as root)."""
+    import shutil
+    import subprocess
+
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg():
     from vce.config import load_config

@@ -19,33 +19,23 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import mount_tmpfs
 from vce.cli import main
 from vce.io.atomic import atomic_dir, atomic_file, ensure_free_space, remove_stale_siblings, write_json
 from vce.io.errors import VCEEnvironmentError, environment_error, untemp
 
 
-def _mount(mnt: Path, opts: str) -> Iterator[Path]:
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture
 def read_only(tmp_path) -> Iterator[Path]:
-    yield from _mount(tmp_path / "ro", "size=1m,ro")
+    yield from mount_tmpfs(tmp_path / "ro", "size=1m,ro")
 
 
 @pytest.fixture
 def full_disk(tmp_path) -> Iterator[Path]:
     """A 3 MiB tmpfs with 256 KiB left: room to start a step, not to finish it."""
-    for mnt in _mount(tmp_path / "small", "size=3m"):
+    for mnt in mount_tmpfs(tmp_path / "small", "size=3m"):
         free = shutil.disk_usage(mnt).free
         (mnt / "filler").write_bytes(b"\0" * max(0, free - 256 * 1024))
         yield mnt

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, mount_tmpfs
 
 VCE = [sys.executable, "-m", "vce.cli"]
 DEBRIS = (".tmp-", ".old-")
@@ -170,25 +170,14 @@ def test_kill_9_during_training_then_resume(tmp_path, inputs):
 @pytest.fixture
 def small_disk(tmp_path) -> Iterator[Path]:
     """A 3 MiB tmpfs: room to start a step, not to finish it."""
-    yield from _mount(tmp_path / "small", "size=3m")
+    yield from mount_tmpfs(tmp_path / "small", "size=3m")
 
 
 @pytest.fixture
 def read_only(tmp_path) -> Iterator[Path]:
-    yield from _mount(tmp_path / "ro", "size=1m,ro")
+    yield from mount_tmpfs(tmp_path / "ro", "size=1m,ro")
 
 
-def _mount(mnt: Path, opts: str) -> Iterator[Path]:
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 FULL_DISK_STEPS = {
