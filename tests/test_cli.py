@@ -92,3 +92,12 @@ def test_bad_params_fail_before_the_step_runs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "profiles.tiny.train.iterations must be >= 1 (got -5)" in err
     assert not out.exists()
+
+
+def test_failed_task_reads_the_step_from_kfps_failure_and_nothing_else():
+    from vce.cli import failed_task
+
+    kfp_msg = ("Pipeline \x1b[95m'vce-study'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m. "
+               "Inner task failed: \x1b[96m'train'\x1b[0m inside \x1b[96m'ablations'\x1b[0m.")
+    assert failed_task(RuntimeError(kfp_msg)) == "'train' inside 'ablations'"
+    assert failed_task(RuntimeError("CUDA error: out of memory")) is None

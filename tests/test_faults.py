@@ -454,4 +454,7 @@ def test_a_failed_step_leaves_the_study_failed_not_running(tmp_path, tiny_cohort
     assert status["study"] == "FAILED" and "RUNNING" not in status.values(), status
     assert sorted(status.values()) == ["FAILED", "FAILED", "FINISHED"], status
     assert "marked 2 MLflow run(s) of this study FAILED" in log
+    # one line naming the failed step ends the log, not kfp's RuntimeError traceback
+    assert "vce run: error: the study failed in step" in log.strip().splitlines()[-1], log[-2000:]
+    assert "RuntimeError" not in log.split("vce run: error:")[-1]
     assert not (study["out"] / "report").exists()

@@ -91,6 +91,22 @@ def test_predict_refuses_bad_inputs(model_dir, tiny_cohort, tmp_path, capsys):
         assert "error" in err and str(tmp_path) in err or str(pdir) in err, (what, err)
 
 
+def test_predict_refuses_a_16_bit_input_naming_it(model_dir, tiny_cohort, tmp_path, capsys):
+    """A T2 scaled to uint16 would be predicted clipped to the 12-bit range: refused, named, nothing written."""
+    import SimpleITK as sitk
+
+    pdir = _patient(tiny_cohort)
+    t2 = sitk.ReadImage(str(pdir / "T2.nii.gz"), sitk.sitkFloat32)
+    big = sitk.Cast(sitk.RescaleIntensity(t2, 0, 65535), sitk.sitkUInt16)
+    sitk.WriteImage(big, str(tmp_path / "T2_16bit.nii.gz"))
+    out = tmp_path / "pred.nii.gz"
+    assert _predict("--t1", str(pdir / "T1.nii.gz"), "--t2", str(tmp_path / "T2_16bit.nii.gz"),
+                    "--model", str(model_dir), "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "T2_16bit.nii.gz" in err and "12-bit" in err and "Traceback" not in err, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["T2_16bit.nii.gz"]
+
+
 @pytest.mark.parametrize("out, message", [
     ("x.txt", "{out}: the output must be a NIfTI file ending in .nii.gz or .nii (got .txt)"),
     ("synthetic", "{out}: the output must be a NIfTI file ending in .nii.gz or .nii (got no extension)"),

@@ -332,9 +332,28 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
     from .study import run_study
     from .tracking import default_tracking_uri
 
-    run_study(cfg, data=args.data, out=args.out, tracking_uri=args.tracking_uri or default_tracking_uri(),
-              experiment=args.experiment, parallelism=args.parallelism, params_path=args.params)
+    try:
+        run_study(cfg, data=args.data, out=args.out, tracking_uri=args.tracking_uri or default_tracking_uri(),
+                  experiment=args.experiment, parallelism=args.parallelism, params_path=args.params)
+    except RuntimeError as exc:
+        failed = failed_task(exc)
+        if failed is None:
+            raise
+        print(f"vce run: error: the study failed in step {failed} (its log is above); this study's MLflow "
+              f"runs are closed FAILED and every finished step's output is kept under {Path(args.out) / 'kfp'}",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def failed_task(exc: BaseException) -> str | None:
+    """The task named by kfp's local runner in "Pipeline ... finished with status FAILURE. Inner
+    task failed: ..." (colour codes removed), or None for any other error."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    m = re.search(r"finished with status FAILURE\. Inner task failed: (.+?)\.?$", text)
+    return m.group(1).strip() if m else None
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
@@ -362,7 +381,12 @@ def _torchrun(args: argparse.Namespace, out: str) -> int:
             cmd += [flag, str(value)]
     cmd += [f for f, on in (("--no-tracking", args.no_tracking), ("--resume", args.resume), ("-v", args.verbose)) if on]
     logging.getLogger(__name__).info("launching %s", " ".join(cmd))
-    return subprocess.run(cmd, check=False).returncode
+    from .runtime import OWNER_PID_ENV, owning
+
+    if OWNER_PID_ENV in os.environ:  # launched by `vce run`: the workers already watch its owner
+        return subprocess.run(cmd, check=False).returncode
+    with owning():  # a `vce train --nproc N` of its own: the workers die with this process
+        return subprocess.run(cmd, check=False).returncode
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -79,13 +79,13 @@ def predict_patient(
     variant = meta["variant"]
     if not md.get("calibration"):
         raise VCEInputError(f"{checkpoint}: checkpoint has no T1C calibration; retrain with `vce train`")
-    t2_native = read_image(t2_path, what="T2", rule="T2")
+    t2_native = read_image(t2_path, what="T2", rule="T2", scanner_range=True)
     t2 = sitk.Cast(sitk.DICOMOrient(t2_native, CANONICAL_ORIENTATION), sitk.sitkFloat32)
     vols = {"T2": sitk.GetArrayFromImage(t2)}
     if min(vols["T2"].shape[1:]) < 8:  # refuse before the (slow) registration
         raise VCEInputError(f"{t2_path}: T2 in-plane matrix {vols['T2'].shape[1:]} is too small to synthesise from")
     # T1 is read even for T2-only variants: its statistics feed the T1C calibration
-    t1 = sitk.Cast(read_image(t1_path, what="T1", rule="T1", orientation=CANONICAL_ORIENTATION), sitk.sitkFloat32)
+    t1 = sitk.Cast(read_image(t1_path, what="T1", rule="T1", orientation=CANONICAL_ORIENTATION, scanner_range=True), sitk.sitkFloat32)
     tx = register_image(t2, t1, _register_config(md.get("register")))
     vols["T1"] = sitk.GetArrayFromImage(sitk.Resample(t1, t2, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
     size = int(md["image_size"])
