@@ -101,3 +101,20 @@ def test_failed_task_reads_the_step_from_kfps_failure_and_nothing_else():
                "Inner task failed: \x1b[96m'train'\x1b[0m inside \x1b[96m'ablations'\x1b[0m.")
     assert failed_task(RuntimeError(kfp_msg)) == "'train' inside 'ablations'"
     assert failed_task(RuntimeError("CUDA error: out of memory")) is None
+
+
+def test_refused_commands_are_recorded_for_the_fault_table(tmp_path, monkeypatch, capsys):
+    """With VCE_ERROR_LOG set, a refusal appends step, exit status and message (scripts/error_table.py)."""
+    import json
+
+    from vce.cli import main
+
+    log = tmp_path / "errors.jsonl"
+    monkeypatch.setenv("VCE_ERROR_LOG", str(log))
+    assert main(["validate", "--raw", str(tmp_path / "nope")]) == 2
+    rec = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rec) == 1 and rec[0]["step"] == "validate" and rec[0]["exit"] == 2 and not rec[0]["traceback"]
+    assert str(tmp_path / "nope") in rec[0]["message"] and "test_refused_commands_are_recorded" in rec[0]["test"]
+    monkeypatch.delenv("VCE_ERROR_LOG")
+    assert main(["validate", "--raw", str(tmp_path / "nope")]) == 2
+    assert len(log.read_text().splitlines()) == 1

@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the one error boundary: the machine's faults become one line, bugs keep their traceback
         env = environment_error(exc, _output_path(args))
         if env is None:
+            record_error(args.cmd, 1, f"{type(exc).__name__}: {exc}", traceback=True)
             raise
         env.__cause__ = exc
         return _refuse(args, env)
@@ -182,7 +183,27 @@ def _refuse(args: argparse.Namespace, exc: Exception) -> int:
     if isinstance(exc, VCEEnvironmentError) and exc.__cause__ is not None:
         logging.getLogger(__name__).debug("vce %s: %s", args.cmd, type(exc.__cause__).__name__, exc_info=exc.__cause__)
     print(f"vce {args.cmd}: error: {exc}", file=sys.stderr)
+    record_error(args.cmd, 2, str(exc))
     return 2
+
+
+#: When set, every refused or failed command appends one JSON line to this file (step, exit status,
+#: message, whether a traceback was printed, the pytest test that ran it): the fault suite's
+#: table of bad-input classes is rendered from it (``scripts/error_table.py``).
+ERROR_LOG_ENV = "VCE_ERROR_LOG"
+
+
+def record_error(cmd: str, code: int, message: str, *, traceback: bool = False) -> None:
+    """Append this failure to ``$VCE_ERROR_LOG`` (nothing when unset)."""
+    path = os.environ.get(ERROR_LOG_ENV)
+    if not path:
+        return
+    import json
+
+    line = {"step": cmd, "exit": code, "message": message, "traceback": traceback,
+            "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def _output_paths(args: argparse.Namespace) -> list[Path]:
@@ -228,6 +249,11 @@ def _validate(args: argparse.Namespace, cfg: Config) -> int:
     report, paths = steps.validate(args.raw, args.report, cfg, min_fov_mm=args.min_fov_mm, fov_tolerance=args.fov_tolerance)
     print(format_summary(report))
     print(f"report: {paths[0]} {paths[1]}")
+    if not report["ok"]:
+        errors = [f"{pid}: {i['check']}: {i['message']}" for pid, p in report["patients"].items()
+                  for i in p["issues"] if i["severity"] == "error"]
+        errors += [f"cohort: {i['check']}: {i['message']}" for i in report["cohort"] if i["severity"] == "error"]
+        record_error("validate", 1, "; ".join(errors) or "report not ok")
     return 0 if report["ok"] else 1
 
 
@@ -342,6 +368,7 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         print(f"vce run: error: the study failed in step {failed} (its log is above); this study's MLflow "
               f"runs are closed FAILED and every finished step's output is kept under {Path(args.out) / 'kfp'}",
               file=sys.stderr)
+        record_error("run", 1, f"the study failed in step {failed}")
         return 1
     return 0
 
