@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_parsers(sub)
     _train_parser(sub)
     _result_parsers(sub)
+    _cluster_parsers(sub)
     return ap
 
 
@@ -155,6 +156,41 @@ def _result_parsers(sub: argparse._SubParsersAction) -> None:
     _common(p)
 
 
+def _endpoint_flags(p: argparse.ArgumentParser) -> None:
+    """The KFP endpoint, auth and pipeline flags of ``vce submit`` / ``vce schedule`` (docs/submit.md)."""
+    p.add_argument("--host", default=None, help="KFP API URL, e.g. https://kubeflow.example.org/pipeline (default: $KFP_HOST)")
+    p.add_argument("--token-file", default=None, metavar="PATH",
+                   help="file holding the bearer token (default: $KFP_TOKEN; no --token flag: a command line is public)")
+    p.add_argument("--namespace", default=None, help="Kubernetes namespace of a multi-user KFP (default: $KFP_NAMESPACE)")
+    p.add_argument("--kfp-experiment", default=None, help="KFP experiment, created when absent (default: vce-study)")
+    p.add_argument("--ui-host", default=None, help="KFP UI URL for the printed link (default: $KFP_UI_HOST, else --host)")
+    p.add_argument("--ca-cert", default=None, metavar="PATH", help="CA bundle for a TLS endpoint with a private CA")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the endpoint (default: 10)")
+    p.add_argument("--pipeline", default=None, help="compiled pipeline (default: pipelines/vce_study.yaml)")
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other pipeline parameter, e.g. tracking_uri=http://mlflow.vce.svc:5000 (repeatable; "
+                        "checked against the compiled pipeline's parameters)")
+    p.add_argument("--pipeline-root", default=None, help="root of the run's artifacts, e.g. s3://bucket/vce (default: KFP's)")
+    p.add_argument("--service-account", default=None, help="Kubernetes service account of the run's pods")
+    _common(p)
+
+
+def _cluster_parsers(sub: argparse._SubParsersAction) -> None:
+    """submit, schedule."""
+    p = sub.add_parser("submit", help="one run of the compiled study on a Kubeflow Pipelines endpoint (docs/submit.md)")
+    p.add_argument("--run-name", default=None, help="run name in the KFP UI (default: vce-study <profile> <UTC time>)")
+    p.add_argument("--no-cache", action="store_true", help="run every task again (overrides the compiled caching options)")
+    _endpoint_flags(p)
+
+    p = sub.add_parser("schedule", help="a recurring run on a cron schedule (one at a time, no catch-up; docs/submit.md)")
+    p.add_argument("--cron", required=True,
+                   help="KFP cron, 6 fields with seconds first, UTC: '0 0 2 * * *' is 02:00 daily; or @daily, @weekly, ...")
+    p.add_argument("--name", default=None, help="recurring run name (default: vce-study <profile> schedule)")
+    p.add_argument("--pipeline-name", default=None,
+                   help="KFP pipeline to upload the package to as a new version (default: the package's name, vce-study)")
+    _endpoint_flags(p)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -220,7 +256,7 @@ def _output_path(args: argparse.Namespace) -> Path:
 
 def _dispatch(args: argparse.Namespace) -> int:
     cfg = load_config(args.params, args.profile)
-    for out in _output_paths(args):  # a read-only or forbidden output fails now, not after the work
+    for out in ([] if args.cmd in REMOTE_COMMANDS else _output_paths(args)):  # a read-only or forbidden output fails now
         check_writable(out)
     return COMMANDS[args.cmd](args, cfg)
 
@@ -383,10 +419,50 @@ def failed_task(exc: BaseException) -> str | None:
     return m.group(1).strip() if m else None
 
 
+#: Sub-commands that write nothing here (they talk to a KFP endpoint).
+REMOTE_COMMANDS = ("submit", "schedule")
+
+
+def _kfp_target(args: argparse.Namespace):
+    """(endpoint, compiled pipeline, its arguments) from the flags of submit/schedule."""
+    from .config import default_params_path
+    from .submit import DEFAULT_TIMEOUT_S, default_pipeline_path, pipeline_arguments, resolve_endpoint
+
+    ep = resolve_endpoint(args.host, args.token_file, args.namespace, args.ui_host, args.ca_cert,
+                          args.timeout if args.timeout is not None else DEFAULT_TIMEOUT_S)
+    pipeline = args.pipeline or str(default_pipeline_path())
+    arguments = pipeline_arguments(pipeline, args.params or default_params_path(), args.profile, args.arg)
+    return ep, pipeline, arguments
+
+
+def _submit(args: argparse.Namespace, cfg: Config) -> int:
+    from .submit import DEFAULT_EXPERIMENT, submit_run
+
+    ep, pipeline, arguments = _kfp_target(args)
+    done = submit_run(ep, pipeline, arguments, run_name=args.run_name, experiment=args.kfp_experiment or DEFAULT_EXPERIMENT,
+                      enable_caching=False if args.no_cache else None, pipeline_root=args.pipeline_root,
+                      service_account=args.service_account)
+    print(f"run id: {done.id}\nexperiment id: {done.experiment_id}\nUI: {done.url}")
+    return 0
+
+
+def _schedule(args: argparse.Namespace, cfg: Config) -> int:
+    from .submit import DEFAULT_EXPERIMENT, schedule_run, validate_cron
+
+    validate_cron(args.cron)  # before any network
+    ep, pipeline, arguments = _kfp_target(args)
+    done = schedule_run(ep, pipeline, arguments, args.cron, name=args.name, experiment=args.kfp_experiment or DEFAULT_EXPERIMENT,
+                        pipeline_name=args.pipeline_name, pipeline_root=args.pipeline_root,
+                        service_account=args.service_account)
+    print(f"recurring run id: {done.id}\npipeline id: {done.pipeline_id}\npipeline version id: {done.pipeline_version_id}"
+          f"\nexperiment id: {done.experiment_id}\nUI: {done.url}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "synth": _synth, "import": _import, "validate": _validate, "register": _register, "split": _split,
     "normalize": _normalize, "train": _train, "evaluate": _evaluate, "reference": _reference, "compare": _compare, "predict": _predict,
-    "run": _run,
+    "run": _run, "submit": _submit, "schedule": _schedule,
 }
 
 

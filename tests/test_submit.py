@@ -1,0 +1,301 @@
+"""``vce submit`` / ``vce schedule`` against a loopback stand-in of the KFP v2beta1 API
+(tests/kfp_standin.py): no cluster can run here, so the stand-in records every request and the
+tests check what reached it (token, pipeline spec, parameters, cron, concurrency, catch-up,
+namespace, experiment) and that every refusal is one line with exit status 2, fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kfp_standin import API, KFPStandIn
+
+ROOT = Path(__file__).resolve().parents[1]
+VCE = ROOT / ".venv" / "bin" / "vce"
+PIPELINE = ROOT / "pipelines" / "vce_study.yaml"
+PARAMS = ROOT / "params.yaml"
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment without any KFP setting of the caller, a fresh HOME (kfp reads
+    ~/.config/kfp/context.json) and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KFP_", "KF_PIPELINES"))}
+    env.update(HOME=str(home), PYTHONPYCACHEPREFIX=str(ROOT / ".venv" / "pycache"), **extra)
+    return env
+
+
+def _vce(home: Path, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    exe = [str(VCE)] if VCE.exists() else [sys.executable, "-m", "vce.cli"]
+    return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=timeout, env=_env(home, **env),
+                          cwd=home)
+
+
+def _compiled() -> list[dict]:
+    return [d for d in yaml.safe_load_all(PIPELINE.read_text()) if d is not None]
+
+
+def _expected_params_yaml() -> str:
+    """The pipeline's own encoding of the params file (its compiled default)."""
+    from pipelines.vce_study import default_arguments
+
+    return default_arguments(PARAMS)["params_yaml"]
+
+
+def _one_line_error(r: subprocess.CompletedProcess, step: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith(f"vce {step}: error: ")]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+@pytest.fixture()
+def home(tmp_path: Path) -> Path:
+    d = tmp_path / "home"
+    d.mkdir()
+    return d
+
+
+# ---------------------------------------------------------------------------- happy paths (real entry point)
+
+
+def test_submit_sends_the_compiled_spec_parameters_token_namespace_experiment(home: Path) -> None:
+    with KFPStandIn(token="s3cret-token") as kfp:
+        r = _vce(home, "submit", "--params", str(PARAMS), "--profile", "tiny", "--namespace", "team-a",
+                 "--kfp-experiment", "vce-nightly", "--arg", "tracking_uri=http://mlflow.vce.svc:5000",
+                 "--run-name", "tiny-check", KFP_HOST=kfp.url, KFP_TOKEN="s3cret-token")
+        assert r.returncode == 0, r.stderr
+        assert kfp.requests and all(q.headers.get("authorization") == "Bearer s3cret-token" for q in kfp.requests)
+        assert all(q.status == 200 for q in kfp.requests), [(q.method, q.path, q.status) for q in kfp.requests]
+
+        (exp_req,) = kfp.find("POST", f"{API}/experiments")
+        assert exp_req.body["display_name"] == "vce-nightly" and exp_req.body["namespace"] == "team-a"
+        listed = kfp.find("GET", f"{API}/experiments")
+        assert listed and listed[0].query["namespace"] == "team-a"
+
+        (run_req,) = kfp.find("POST", f"{API}/runs")
+        body = run_req.body
+        (exp,) = kfp.state.experiments.values()
+        assert body["experiment_id"] == exp["experiment_id"] and body["display_name"] == "tiny-check"
+        spec, platform = _compiled()
+        assert body["pipeline_spec"]["pipeline_spec"] == spec  # the compiled package, unchanged
+        assert body["pipeline_spec"]["platform_spec"] == platform  # its Kubernetes settings too
+        assert body["runtime_config"]["parameters"] == {
+            "params_yaml": _expected_params_yaml(), "profile": "tiny", "tracking_uri": "http://mlflow.vce.svc:5000"}
+
+        (run_id,) = kfp.state.runs
+    assert f"run id: {run_id}" in r.stdout
+    assert f"UI: {kfp.url}/#/runs/details/{run_id}" in r.stdout
+
+
+def test_schedule_uploads_the_package_and_creates_a_cron_run_one_at_a_time_no_catchup(home: Path) -> None:
+    token_file = home / "kfp.token"
+    token_file.write_text("file-token\n")
+    with KFPStandIn(token="file-token") as kfp:
+        r = _vce(home, "schedule", "--host", kfp.url, "--token-file", str(token_file), "--params", str(PARAMS),
+                 "--cron", "0 30 2 * * *", "--name", "nightly", "--arg", "source_dir=/data/patients")
+        assert r.returncode == 0, r.stderr
+        assert all(q.headers.get("authorization") == "Bearer file-token" for q in kfp.requests)
+
+        (upload,) = kfp.find("POST", f"{API}/pipelines/upload")
+        assert upload.body["uploadfile"] == PIPELINE.read_bytes()  # the compiled YAML, byte for byte
+        assert upload.query["name"] == _compiled()[0]["pipelineInfo"]["name"]
+
+        (rr_req,) = kfp.find("POST", f"{API}/recurringruns")
+        body = rr_req.body
+        (pid,) = kfp.state.pipelines
+        (version,) = kfp.state.versions[pid]
+        assert body["pipeline_version_reference"] == {"pipeline_id": pid, "pipeline_version_id": version["pipeline_version_id"]}
+        assert body["trigger"] == {"cron_schedule": {"cron": "0 30 2 * * *"}}
+        assert str(body["max_concurrency"]) == "1"
+        assert body["no_catchup"] is True
+        assert body["mode"] == "ENABLE" and body["display_name"] == "nightly"
+        default_profile = yaml.safe_load(PARAMS.read_text())["profile"]
+        assert body["runtime_config"]["parameters"] == {
+            "params_yaml": _expected_params_yaml(), "profile": default_profile, "source_dir": "/data/patients"}
+        (rid,) = kfp.state.recurring_runs
+    assert f"recurring run id: {rid}" in r.stdout
+    assert f"UI: {kfp.url}/#/recurringrun/details/{rid}" in r.stdout
+    assert f"pipeline version id: {version['pipeline_version_id']}" in r.stdout
+
+
+# ---------------------------------------------------------------------------- refusals (real entry point)
+
+
+def test_refused_token_is_one_line_exit_2(home: Path) -> None:
+    with KFPStandIn(token="right") as kfp:
+        r = _vce(home, "submit", "--host", kfp.url, "--params", str(PARAMS), KFP_TOKEN="wrong")
+        line = _one_line_error(r, "submit")
+        assert "HTTP 401" in line and "token was refused" in line and "KFP_TOKEN" in line
+        assert kfp.requests and kfp.requests[0].headers["authorization"] == "Bearer wrong"
+        assert not kfp.state.runs and not kfp.find("POST", f"{API}/runs")
+
+        r = _vce(home, "schedule", "--host", kfp.url, "--params", str(PARAMS), "--cron", "@daily")
+        line = _one_line_error(r, "schedule")
+        assert "HTTP 401" in line and "needs a token" in line
+        assert not kfp.state.recurring_runs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_endpoint_fails_fast(home: Path) -> None:
+    port = _free_port()  # closed again: connection refused
+    t0 = time.monotonic()
+    r = _vce(home, "submit", "--host", f"http://127.0.0.1:{port}", "--params", str(PARAMS), timeout=30)
+    line = _one_line_error(r, "submit")
+    assert f"cannot reach KFP at http://127.0.0.1:{port}" in line and "refused" in line.lower()
+    assert time.monotonic() - t0 < 10
+
+
+def test_silent_endpoint_times_out_after_timeout(home: Path) -> None:
+    """A host that accepts and never answers (a black-holed port-forward) fails after --timeout."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        t0 = time.monotonic()
+        r = _vce(home, "schedule", "--cron", "0 0 * * * *", "--host", f"http://127.0.0.1:{srv.getsockname()[1]}",
+                 "--timeout", "1", "--params", str(PARAMS), timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        for c in held:
+            c.close()
+        srv.close()
+    line = _one_line_error(r, "schedule")
+    assert "cannot reach KFP" in line and "timed out" in line and "1 s" in line
+    assert elapsed < 8
+
+
+def test_unknown_arg_names_it_and_sends_nothing(home: Path) -> None:
+    with KFPStandIn() as kfp:
+        r = _vce(home, "submit", "--host", kfp.url, "--params", str(PARAMS), "--arg", "tracking_uri=x",
+                 "--arg", "gpu_count=2")
+        line = _one_line_error(r, "submit")
+        assert "gpu_count" in line and "no parameter" in line and "tracking_uri" in line  # names it and the known ones
+        assert kfp.requests == []
+
+
+def test_invalid_cron_and_no_host_refused_before_any_request(home: Path) -> None:
+    with KFPStandIn() as kfp:
+        r = _vce(home, "schedule", "--host", kfp.url, "--params", str(PARAMS), "--cron", "0 0 25 * * *")
+        line = _one_line_error(r, "schedule")
+        assert "invalid cron expression '0 0 25 * * *'" in line and "hour" in line
+        assert kfp.requests == []
+    r = _vce(home, "submit", "--params", str(PARAMS))
+    line = _one_line_error(r, "submit")
+    assert "no KFP endpoint" in line and "KFP_HOST" in line
+
+
+# ---------------------------------------------------------------------------- library
+
+
+def test_second_schedule_uploads_a_new_version_and_forbidden_run_is_one_error(home: Path, monkeypatch) -> None:
+    from vce import submit
+    from vce.io.errors import VCEInputError
+
+    monkeypatch.setenv("HOME", str(home))
+    args = submit.pipeline_arguments(PIPELINE, PARAMS, "tiny")
+    with KFPStandIn() as kfp:
+        ep = submit.resolve_endpoint(kfp.url, env={})
+        first = submit.schedule_run(ep, PIPELINE, args, "0 0 2 * * *")
+        second = submit.schedule_run(ep, PIPELINE, args, "0 0 3 * * 1-5")
+        assert first.pipeline_id == second.pipeline_id and first.pipeline_version_id != second.pipeline_version_id
+        (up,) = kfp.find("POST", f"{API}/pipelines/upload_version")
+        assert up.query["pipelineid"] == first.pipeline_id and up.body["uploadfile"] == PIPELINE.read_bytes()
+        assert [v["pipeline_version_id"] for v in kfp.state.versions[first.pipeline_id]] == [
+            first.pipeline_version_id, second.pipeline_version_id]
+        assert kfp.state.recurring_runs[second.id]["pipeline_version_reference"]["pipeline_version_id"] == second.pipeline_version_id
+        assert "Authorization" not in json.dumps([q.headers for q in kfp.requests])  # no token: none sent
+
+        kfp.fail[("POST", f"{API}/runs")] = (403, "user is not allowed to create runs in namespace team-b")
+        t0 = time.monotonic()
+        with pytest.raises(VCEInputError, match=r"HTTP 403: user is not allowed to create runs in namespace team-b"):
+            submit.submit_run(ep, PIPELINE, args)
+        assert time.monotonic() - t0 < 10  # no retry loop
+
+
+@pytest.mark.parametrize("expr", ["0 0 2 * * *", "0 */15 * * * *", "0 0 9 ? * 2-6", "0 0 0 1 JAN-MAR MON,FRI",
+                                  "30 5 4 1-15/2 * *", "@daily", "  0  0  2 * * *  "])
+def test_valid_cron(expr: str) -> None:
+    from vce.submit import validate_cron
+
+    assert validate_cron(expr) == (" ".join(expr.split()) if not expr.startswith("@") else expr)
+
+
+@pytest.mark.parametrize("expr,why", [
+    ("0 2 * * *", "use '0 0 2 * * *'"), ("", "expected 6 fields"), ("0 0 2 * * * *", "got 7"),
+    ("60 0 2 * * *", "second"), ("0 0 2 32 * *", "day of month"), ("0 0 2 * 13 *", "month"),
+    ("0 0 2 * * 7", "day of week"), ("0 ? 2 * * *", "'?' is only allowed"), ("0 */0 * * * *", "step 0"),
+    ("0 0 5-2 * * *", "backwards"), ("0 0 2 * * FOO", "FOO"), ("@sometimes", "expected 6 fields"),
+])
+def test_invalid_cron(expr: str, why: str) -> None:
+    from vce.submit import CronError, validate_cron
+
+    with pytest.raises(CronError, match="invalid cron expression") as err:
+        validate_cron(expr)
+    assert why in str(err.value)
+
+
+def test_args_typed_by_the_declared_parameter_and_token_sources(tmp_path: Path) -> None:
+    from vce.io.errors import VCEInputError
+    from vce.submit import parse_args, read_token, resolve_endpoint
+
+    declared = {"n": "NUMBER_INTEGER", "x": "NUMBER_DOUBLE", "on": "BOOLEAN", "l": "LIST", "s": "STRING",
+                "params_yaml": "STRING", "profile": "STRING"}
+    assert parse_args(["n=3", "x=0.5", "on=True", "l=[1, 2]", "s=a=b"], declared) == {
+        "n": 3, "x": 0.5, "on": True, "l": [1, 2], "s": "a=b"}
+    for bad, msg in (("n=3.5", "NUMBER_INTEGER"), ("on=yes", "BOOLEAN"), ("l={}", "LIST"), ("novalue", "KEY=VALUE"),
+                     ("profile=paper", "--params/--profile")):
+        with pytest.raises(VCEInputError, match=msg):
+            parse_args([bad], declared)
+
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    with pytest.raises(VCEInputError, match="empty"):
+        read_token(str(empty))
+    with pytest.raises(VCEInputError, match="cannot read the token file"):
+        read_token(str(tmp_path / "absent.token"))
+    assert read_token(None, {"KFP_TOKEN": " t0k "}) == "t0k"
+    ep = resolve_endpoint(None, env={"KFP_HOST": "kfp.example.org/pipeline/", "KFP_NAMESPACE": "team-a"})
+    assert (ep.host, ep.namespace, ep.token) == ("https://kfp.example.org/pipeline", "team-a", None)
+
+
+def test_multi_user_endpoint_without_namespace_is_refused(home: Path, monkeypatch) -> None:
+    from vce import submit
+    from vce.io.errors import VCEInputError
+
+    monkeypatch.setenv("HOME", str(home))
+    args = submit.pipeline_arguments(PIPELINE, PARAMS, "tiny")
+    with KFPStandIn(multi_user=True) as kfp:
+        with pytest.raises(VCEInputError, match="multi-user: pass --namespace"):
+            submit.submit_run(submit.resolve_endpoint(kfp.url, env={}), PIPELINE, args)
+        assert [q.path for q in kfp.requests] == [f"{API}/healthz"]
+        done = submit.submit_run(submit.resolve_endpoint(kfp.url, namespace="team-a", env={}), PIPELINE, args)
+        assert kfp.state.runs[done.id]["experiment_id"] == done.experiment_id
+        assert kfp.state.experiments[done.experiment_id]["namespace"] == "team-a"
