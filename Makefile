@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE :=
 export PYTHONPYCACHEPREFIX := $(abspath $(VENV))/pycache
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo study-mid test test-slow bench bench-short gpu-check paper venv mlflow-ui compile dvc-repro clean
+.PHONY: demo study-mid test test-slow bench bench-short gpu-check paper venv mlflow-ui compile dvc-repro image image-test clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 required (set PY=python3.11)"'
@@ -62,6 +62,15 @@ dvc-repro: $(STAMP)
 
 mlflow-ui: $(STAMP)
 	bash mlflow/ui.sh
+
+# The container image ghcr.io/vce-project/vce:0.1.0 built here with podman (docs/container.md):
+# a Debian bookworm base made with mmdebstrap, this machine's pip configuration for the build only.
+image:
+	bash scripts/image/build.sh
+
+# The image for real: vce --help and the cohort step inside it, the tiny study through kfp's DockerRunner.
+image-test: $(STAMP)
+	$(BIN)/pytest -q -m slow tests/test_image.py
 
 clean:
 	rm -rf outputs
