@@ -3,8 +3,6 @@
 tests check what reached it (token, pipeline spec, parameters, cron, concurrency, catch-up,
 namespace, experiment) and that every refusal is one line with exit status 2, fast."""
 
-from __future__ import annotations
-
 import json
 import os
 import socket
@@ -139,7 +137,7 @@ def test_refused_token_is_one_line_exit_2(home: Path) -> None:
         assert kfp.requests and kfp.requests[0].headers["authorization"] == "Bearer wrong"
         assert not kfp.state.runs and not kfp.find("POST", f"{API}/runs")
 
-        r = _vce(home, "schedule", "--host", kfp.url, "--params", str(PARAMS), "--cron", "@daily")
+        r = _vce(home, "schedule", "--host", kfp.url, "--params", str(PARAMS), "--cron", "0 0 0 * * *")
         line = _one_line_error(r, "schedule")
         assert "HTTP 401" in line and "needs a token" in line
         assert not kfp.state.recurring_runs
@@ -241,11 +239,11 @@ def test_second_schedule_uploads_a_new_version_and_forbidden_run_is_one_error(ho
 
 
 @pytest.mark.parametrize("expr", ["0 0 2 * * *", "0 */15 * * * *", "0 0 9 ? * 2-6", "0 0 0 1 JAN-MAR MON,FRI",
-                                  "30 5 4 1-15/2 * *", "@daily", "  0  0  2 * * *  "])
+                                  "30 5 4 1-15/2 * *", "  0  0  2 * * *  "])
 def test_valid_cron(expr: str) -> None:
     from vce.submit import validate_cron
 
-    assert validate_cron(expr) == (" ".join(expr.split()) if not expr.startswith("@") else expr)
+    assert validate_cron(expr) == " ".join(expr.split())
 
 
 @pytest.mark.parametrize("expr,why", [
@@ -253,6 +251,7 @@ def test_valid_cron(expr: str) -> None:
     ("60 0 2 * * *", "second"), ("0 0 2 32 * *", "day of month"), ("0 0 2 * 13 *", "month"),
     ("0 0 2 * * 7", "day of week"), ("0 ? 2 * * *", "'?' is only allowed"), ("0 */0 * * * *", "step 0"),
     ("0 0 5-2 * * *", "backwards"), ("0 0 2 * * FOO", "FOO"), ("@sometimes", "expected 6 fields"),
+    ("@daily", "use the six-field form '0 0 0 * * *'"),
 ])
 def test_invalid_cron(expr: str, why: str) -> None:
     from vce.submit import CronError, validate_cron
@@ -299,3 +298,32 @@ def test_multi_user_endpoint_without_namespace_is_refused(home: Path, monkeypatc
         done = submit.submit_run(submit.resolve_endpoint(kfp.url, namespace="team-a", env={}), PIPELINE, args)
         assert kfp.state.runs[done.id]["experiment_id"] == done.experiment_id
         assert kfp.state.experiments[done.experiment_id]["namespace"] == "team-a"
+
+
+def test_typed_parameters_of_a_compiled_pipeline_reach_the_run(home: Path, tmp_path: Path, monkeypatch) -> None:
+    """A pipeline with integer, struct and list parameters (compiled here by kfp's compiler): --arg
+    values arrive typed as the package declares them."""
+    from kfp import compiler, dsl
+
+    from vce import submit
+
+    @dsl.component(base_image="python:3.11")
+    def echo(params_yaml: str, profile: str, gpus: int, selector: dict, tolerations: list) -> str:
+        return profile
+
+    @dsl.pipeline(name="typed-check")
+    def typed(params_yaml: str = "{}", profile: str = "tiny", gpus: int = 1, selector: dict = {}, tolerations: list = []):
+        echo(params_yaml=params_yaml, profile=profile, gpus=gpus, selector=selector, tolerations=tolerations)
+
+    package = tmp_path / "typed.yaml"
+    compiler.Compiler().compile(typed, package_path=str(package))
+    monkeypatch.setenv("HOME", str(home))
+    args = submit.pipeline_arguments(package, PARAMS, "tiny", [
+        "gpus=2", 'selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}',
+        'tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]'])
+    with KFPStandIn() as kfp:
+        done = submit.submit_run(submit.resolve_endpoint(kfp.url, env={}), package, args)
+        sent = kfp.state.runs[done.id]["runtime_config"]["parameters"]
+    assert sent["gpus"] == 2 and sent["selector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert sent["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert sent["profile"] == "tiny" and json.loads(sent["params_yaml"]) == yaml.safe_load(PARAMS.read_text())

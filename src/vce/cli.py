@@ -184,7 +184,7 @@ def _cluster_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("schedule", help="a recurring run on a cron schedule (one at a time, no catch-up; docs/submit.md)")
     p.add_argument("--cron", required=True,
-                   help="KFP cron, 6 fields with seconds first, UTC: '0 0 2 * * *' is 02:00 daily; or @daily, @weekly, ...")
+                   help="KFP cron, 6 fields with seconds first, UTC: '0 0 2 * * *' is 02:00 daily, '0 0 3 * * 1' Mondays 03:00")
     p.add_argument("--name", default=None, help="recurring run name (default: vce-study <profile> schedule)")
     p.add_argument("--pipeline-name", default=None,
                    help="KFP pipeline to upload the package to as a new version (default: the package's name, vce-study)")

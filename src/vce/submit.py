@@ -290,7 +290,9 @@ _CRON_FIELDS = (  # KFP's scheduler (robfig/cron): 6 fields, seconds first
     ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
     ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
 )
-_CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+#: Descriptors -> the six-field form to use instead (kfp documents six fields only).
+_CRON_DESCRIPTORS = {"@yearly": "0 0 0 1 1 *", "@annually": "0 0 0 1 1 *", "@monthly": "0 0 0 1 * *",
+                     "@weekly": "0 0 0 * * 0", "@daily": "0 0 0 * * *", "@midnight": "0 0 0 * * *", "@hourly": "0 0 * * * *"}
 _CRON_PART = re.compile(r"^(?P<range>\*|\?|[0-9A-Za-z]+(?:-[0-9A-Za-z]+)?)(?:/(?P<step>[0-9]+))?$")
 
 
@@ -323,14 +325,15 @@ def _check_cron_field(field: str, name: str, lo: int, hi: int, names: tuple[str,
 
 
 def validate_cron(expr: str) -> str:
-    """``expr`` if KFP's scheduler accepts it: six fields, seconds first (``0 0 2 * * *`` is 02:00
-    UTC daily), or a descriptor such as ``@daily``. A five-field crontab line is refused with the
-    six-field form to use."""
+    """``expr`` (whitespace normalised) if it is a cron expression in the form kfp documents for
+    ``create_recurring_run``: six fields, seconds first (``0 0 2 * * *`` is 02:00 UTC daily). A
+    five-field crontab line (which a seconds-first parser would misread) and a descriptor such as
+    ``@daily`` are refused with the six-field form to use."""
     expr = " ".join(expr.split())
-    if expr.lower() in _CRON_DESCRIPTORS:
-        return expr.lower()
     fields = expr.split(" ") if expr else []
     try:
+        if expr.lower() in _CRON_DESCRIPTORS:
+            raise CronError(f"use the six-field form '{_CRON_DESCRIPTORS[expr.lower()]}' for {expr}")
         if len(fields) == 5:
             raise CronError(f"KFP cron has 6 fields, seconds first; for the crontab line {expr!r} use '0 {expr}'")
         if len(fields) != 6:
