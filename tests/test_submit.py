@@ -63,6 +63,18 @@ def home(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.fixture()
+def kfp_home(home: Path, monkeypatch) -> Path:
+    """For in-process calls: HOME and kfp's context file (a path kfp fixes at import) in ``home``."""
+    from kfp.client.client import Client
+
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(Client, "_LOCAL_KFP_CONTEXT", str(home / ".config" / "kfp" / "context.json"))
+    for var in ("KFP_HOST", "KFP_TOKEN", "KFP_NAMESPACE", "KFP_UI_HOST", "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
 # ---------------------------------------------------------------------------- happy paths (real entry point)
 
 
@@ -213,11 +225,10 @@ def test_invalid_cron_and_no_host_refused_before_any_request(home: Path) -> None
 # ---------------------------------------------------------------------------- library
 
 
-def test_second_schedule_uploads_a_new_version_and_forbidden_run_is_one_error(home: Path, monkeypatch) -> None:
+def test_second_schedule_uploads_a_new_version_and_forbidden_run_is_one_error(kfp_home: Path) -> None:
     from vce import submit
     from vce.io.errors import VCEInputError
 
-    monkeypatch.setenv("HOME", str(home))
     args = submit.pipeline_arguments(PIPELINE, PARAMS, "tiny")
     with KFPStandIn() as kfp:
         ep = submit.resolve_endpoint(kfp.url, env={})
@@ -285,11 +296,10 @@ def test_args_typed_by_the_declared_parameter_and_token_sources(tmp_path: Path) 
     assert (ep.host, ep.namespace, ep.token) == ("https://kfp.example.org/pipeline", "team-a", None)
 
 
-def test_multi_user_endpoint_without_namespace_is_refused(home: Path, monkeypatch) -> None:
+def test_multi_user_endpoint_without_namespace_is_refused(kfp_home: Path) -> None:
     from vce import submit
     from vce.io.errors import VCEInputError
 
-    monkeypatch.setenv("HOME", str(home))
     args = submit.pipeline_arguments(PIPELINE, PARAMS, "tiny")
     with KFPStandIn(multi_user=True) as kfp:
         with pytest.raises(VCEInputError, match="multi-user: pass --namespace"):
@@ -299,8 +309,14 @@ def test_multi_user_endpoint_without_namespace_is_refused(home: Path, monkeypatc
         assert kfp.state.runs[done.id]["experiment_id"] == done.experiment_id
         assert kfp.state.experiments[done.experiment_id]["namespace"] == "team-a"
 
+        context = kfp_home / ".config" / "kfp" / "context.json"  # what `kfp` / set_user_namespace leave behind
+        context.parent.mkdir(parents=True)
+        context.write_text(json.dumps({"namespace": "team-c"}))
+        done = submit.submit_run(submit.resolve_endpoint(kfp.url, env={}), PIPELINE, args)
+        assert kfp.state.experiments[done.experiment_id]["namespace"] == "team-c"
 
-def test_typed_parameters_of_a_compiled_pipeline_reach_the_run(home: Path, tmp_path: Path, monkeypatch) -> None:
+
+def test_typed_parameters_of_a_compiled_pipeline_reach_the_run(kfp_home: Path, tmp_path: Path) -> None:
     """A pipeline with integer, struct and list parameters (compiled here by kfp's compiler): --arg
     values arrive typed as the package declares them."""
     from kfp import compiler, dsl
@@ -317,7 +333,6 @@ def test_typed_parameters_of_a_compiled_pipeline_reach_the_run(home: Path, tmp_p
 
     package = tmp_path / "typed.yaml"
     compiler.Compiler().compile(typed, package_path=str(package))
-    monkeypatch.setenv("HOME", str(home))
     args = submit.pipeline_arguments(package, PARAMS, "tiny", [
         "gpus=2", 'selector={"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}',
         'tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]'])
