@@ -242,11 +242,31 @@ def test_second_schedule_uploads_a_new_version_and_forbidden_run_is_one_error(kf
         assert kfp.state.recurring_runs[second.id]["pipeline_version_reference"]["pipeline_version_id"] == second.pipeline_version_id
         assert "Authorization" not in json.dumps([q.headers for q in kfp.requests])  # no token: none sent
 
+        uncached = submit.submit_run(ep, PIPELINE, args, cache=False)  # vce submit --no-cache
+        sent = kfp.state.runs[uncached.id]["pipeline_spec"]["pipeline_spec"]
+        compiled = _compiled()[0]
+        assert _cached_tasks(compiled), "the compiled pipeline caches no task: this check proves nothing"
+        assert _cached_tasks(sent) == []  # no task of any DAG (the steps sit inside the exit handler's)
+        assert _tasks(sent) == _tasks(compiled)  # the same tasks otherwise
+
         kfp.fail[("POST", f"{API}/runs")] = (403, "user is not allowed to create runs in namespace team-b")
         t0 = time.monotonic()
         with pytest.raises(VCEInputError, match=r"HTTP 403: user is not allowed to create runs in namespace team-b"):
             submit.submit_run(ep, PIPELINE, args)
         assert time.monotonic() - t0 < 10  # no retry loop
+
+
+def _tasks(spec: dict) -> dict[str, dict]:
+    """Every task of every DAG of a pipeline spec, keyed 'dag/task', without its caching options."""
+    dags = {"root": spec["root"].get("dag", {})} | {n: c.get("dag", {}) for n, c in spec.get("components", {}).items()}
+    return {f"{d}/{t}": {k: v for k, v in task.items() if k != "cachingOptions"}
+            for d, dag in dags.items() for t, task in dag.get("tasks", {}).items()}
+
+
+def _cached_tasks(spec: dict) -> list[str]:
+    dags = {"root": spec["root"].get("dag", {})} | {n: c.get("dag", {}) for n, c in spec.get("components", {}).items()}
+    return [f"{d}/{t}" for d, dag in dags.items() for t, task in dag.get("tasks", {}).items()
+            if task.get("cachingOptions", {}).get("enableCache")]
 
 
 @pytest.mark.parametrize("expr", ["0 0 2 * * *", "0 */15 * * * *", "0 0 9 ? * 2-6", "0 0 0 1 JAN-MAR MON,FRI",

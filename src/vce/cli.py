@@ -440,7 +440,7 @@ def _submit(args: argparse.Namespace, cfg: Config) -> int:
 
     ep, pipeline, arguments = _kfp_target(args)
     done = submit_run(ep, pipeline, arguments, run_name=args.run_name, experiment=args.kfp_experiment or DEFAULT_EXPERIMENT,
-                      enable_caching=False if args.no_cache else None, pipeline_root=args.pipeline_root,
+                      cache=not args.no_cache, pipeline_root=args.pipeline_root,
                       service_account=args.service_account)
     print(f"run id: {done.id}\nexperiment id: {done.experiment_id}\nUI: {done.url}")
     return 0

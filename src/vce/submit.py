@@ -419,18 +419,36 @@ def _experiment_id(client, ep: Endpoint, name: str) -> str:
     return exp.experiment_id
 
 
+def without_cache(pipeline: str | Path, out_dir: str | Path) -> Path:
+    """A copy of the compiled ``pipeline`` in ``out_dir`` with caching off for every task of every
+    DAG. (kfp's ``enable_caching=False`` reaches only the root DAG's tasks: here those are the exit
+    handler and its cleanup, not the steps inside.)"""
+    spec, platform = pipeline_documents(pipeline)
+    dags = [spec["root"].get("dag", {})] + [c.get("dag", {}) for c in spec.get("components", {}).values()]
+    for dag in dags:
+        for task in dag.get("tasks", {}).values():
+            task["cachingOptions"] = {k: v for k, v in task.get("cachingOptions", {}).items() if k != "enableCache"}
+    out = Path(out_dir) / Path(pipeline).name
+    out.write_text(yaml.safe_dump_all([spec, platform] if platform else [spec], sort_keys=False), encoding="utf-8")
+    return out
+
+
 def submit_run(ep: Endpoint, pipeline: str | Path, arguments: Mapping[str, Any], *, run_name: str | None = None,
-               experiment: str = DEFAULT_EXPERIMENT, enable_caching: bool | None = None,
+               experiment: str = DEFAULT_EXPERIMENT, cache: bool = True,
                pipeline_root: str | None = None, service_account: str | None = None) -> Submitted:
-    """One run of the compiled ``pipeline`` (its spec sent inline) in ``experiment``."""
+    """One run of the compiled ``pipeline`` (its spec sent inline) in ``experiment``;
+    ``cache=False`` runs every task again (:func:`without_cache`)."""
+    import tempfile
+
     pipeline_documents(pipeline)  # refuse a bad package before connecting
     client = connect(ep)
     exp_id = _experiment_id(client, ep, experiment)
     name = run_name or f"vce-study {arguments.get('profile', '')} {_utc_stamp()}".replace("  ", " ")
-    with _kfp_errors(ep, "creating the run"):
+    with tempfile.TemporaryDirectory(prefix="vce-submit-") as tmp, _kfp_errors(ep, "creating the run"):
+        package = pipeline if cache else without_cache(pipeline, tmp)
         result = client.create_run_from_pipeline_package(
-            pipeline_file=str(pipeline), arguments=dict(arguments), run_name=name, experiment_id=exp_id,
-            enable_caching=enable_caching, pipeline_root=pipeline_root, service_account=service_account)
+            pipeline_file=str(package), arguments=dict(arguments), run_name=name, experiment_id=exp_id,
+            pipeline_root=pipeline_root, service_account=service_account)
     run_id = result.run_id
     log.info("created KFP run %s (%s) in experiment %s", run_id, name, experiment)
     return Submitted("run", run_id, f"{ep.ui}/#/runs/details/{run_id}", exp_id)
