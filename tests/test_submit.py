@@ -362,3 +362,35 @@ def test_typed_parameters_of_a_compiled_pipeline_reach_the_run(kfp_home: Path, t
     assert sent["gpus"] == 2 and sent["selector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     assert sent["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert sent["profile"] == "tiny" and json.loads(sent["params_yaml"]) == yaml.safe_load(PARAMS.read_text())
+
+
+def _doc_commands() -> list[list[str]]:
+    """The ``vce submit`` / ``vce schedule`` commands of docs/submit.md's Example section."""
+    import re
+    import shlex
+
+    text = (ROOT / "docs" / "submit.md").read_text()
+    block = re.search(r"## Example\s+```bash\n(.*?)```", text, re.S).group(1).replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.startswith("vce ")]
+
+
+def test_the_documented_example_runs_against_the_standin(kfp_home: Path, monkeypatch, capsys) -> None:
+    from vce import cli
+
+    commands = _doc_commands()
+    assert [c[1] for c in commands] == ["submit", "schedule"]
+    token = kfp_home / ".kfp-token"
+    token.write_text("doc-token\n")
+    with KFPStandIn(token="doc-token", multi_user=True) as kfp:
+        monkeypatch.setenv("KFP_HOST", kfp.url)
+        monkeypatch.setenv("KFP_NAMESPACE", "team-a")
+        for argv in commands:
+            argv = [str(token) if a == "~/.kfp-token" else a for a in argv[1:]]
+            assert cli.main([*argv, "--params", str(PARAMS)]) == 0, capsys.readouterr().err
+        (run,) = kfp.state.runs.values()
+        (rr,) = kfp.state.recurring_runs.values()
+    for job in (run, rr):
+        assert job["runtime_config"]["parameters"]["profile"] == "paper"
+        assert job["runtime_config"]["parameters"]["tracking_uri"] == "http://mlflow.vce.svc:5000"
+    assert rr["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * *" and rr["display_name"] == "vce-paper-nightly"
+    assert {e["namespace"] for e in kfp.state.experiments.values()} == {"team-a"}
