@@ -167,7 +167,7 @@ def test_unreachable_endpoint_fails_fast(home: Path) -> None:
     r = _vce(home, "submit", "--host", f"http://127.0.0.1:{port}", "--params", str(PARAMS), timeout=30)
     line = _one_line_error(r, "submit")
     assert f"cannot reach KFP at http://127.0.0.1:{port}" in line and "refused" in line.lower()
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 15  # a loaded 2-core machine starts vce in seconds; kfp alone would retry ~25 s
 
 
 def test_silent_endpoint_times_out_after_timeout(home: Path) -> None:
@@ -199,7 +199,7 @@ def test_silent_endpoint_times_out_after_timeout(home: Path) -> None:
         srv.close()
     line = _one_line_error(r, "schedule")
     assert "cannot reach KFP" in line and "timed out" in line and "1 s" in line
-    assert elapsed < 8
+    assert elapsed < 15  # without the timeout kfp's client would wait forever on this socket
 
 
 def test_unknown_arg_names_it_and_sends_nothing(home: Path) -> None:
