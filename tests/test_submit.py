@@ -394,3 +394,40 @@ def test_the_documented_example_runs_against_the_standin(kfp_home: Path, monkeyp
         assert job["runtime_config"]["parameters"]["tracking_uri"] == "http://mlflow.vce.svc:5000"
     assert rr["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * *" and rr["display_name"] == "vce-paper-nightly"
     assert {e["namespace"] for e in kfp.state.experiments.values()} == {"team-a"}
+
+
+@pytest.mark.parametrize("status,headers,body,expected", [
+    (302, {"Location": "https://dex.example.org/auth"}, b"", "redirected to a login page https://dex.example.org/auth"),
+    (404, {}, b"404 page not found", "HTTP 404: not a KFP v2 API endpoint"),
+    (200, {"Content-Type": "text/html"}, b"<html>Kubeflow Central Dashboard</html>", "did not answer JSON"),
+    (503, {}, b'{"error": "upstream connect error", "code": 14}', "HTTP 503: upstream connect error"),
+    (403, {}, b"RBAC: access denied", "HTTP 403: RBAC: access denied): it needs a token"),
+])
+def test_probe_names_what_answered(status: int, headers: dict, body: bytes, expected: str) -> None:
+    """What an ingress, a login proxy or another service answers instead of the KFP API."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from vce.io.errors import VCEInputError
+    from vce.submit import Endpoint, check_endpoint
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(VCEInputError) as err:
+            check_endpoint(Endpoint(host=f"http://127.0.0.1:{srv.server_address[1]}", timeout=5))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert expected in str(err.value) and "\n" not in str(err.value)

@@ -377,8 +377,9 @@ def _kfp_errors(ep: Endpoint, what: str) -> Iterator[None]:
 
 
 def connect(ep: Endpoint):
-    """A ``kfp.Client`` for ``ep`` whose every request times out after ``ep.timeout`` seconds;
-    probes the endpoint first (:func:`check_endpoint`) so that a dead host fails fast."""
+    """A ``kfp.Client`` for ``ep`` whose requests give up connecting after ``ep.timeout`` seconds
+    (reading after at least 60 s: an upload can be slow) and retry a failed connection once; probes
+    the endpoint first (:func:`check_endpoint`) so that a dead host fails fast."""
     health = check_endpoint(ep)
     if health.get("multi_user") and not (ep.namespace or _implicit_namespace()):
         raise VCEInputError(f"KFP at {ep.host} is multi-user: pass --namespace NS (or set {NAMESPACE_ENV}) "
