@@ -585,3 +585,67 @@ def test_allowed_hosts_admit_the_service_name_with_and_without_port_on_a_real_se
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow  # PostgreSQL, an S3 server and MLflow start: about a minute on 2 shared cores
+def test_the_manifest_mlflow_runs_on_real_postgresql_and_s3_with_credentials_only_from_env(tmp_path, monkeypatch):
+    """The rendered MLflow container, its Services mapped to loopback: real PostgreSQL (Debian's,
+    tests/services) with the ConfigMap's init SQL, moto's S3 server with the bucket the Job
+    creates, the container's arguments and env as written, the Secrets' values given as the env
+    vars they map to (PGUSER/PGPASSWORD: the URIs name no user). A client run lands: the run in
+    PostgreSQL's `mlflow`, the admin user in `mlflow_auth`, the artifact in the bucket."""
+    import mlflow
+    import psycopg
+    from services import free_port, postgres, s3_server
+
+    docs = rendered("overlays/gpu-cluster")
+    (c,) = one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
+    (mc,) = one(docs, "Job", "minio-bucket")["spec"]["template"]["spec"]["containers"]
+    bucket = re.search(r"mc mb --ignore-existing vce/([a-z0-9-]+)", mc["command"][-1]).group(1)
+    init_sql = "".join(one(docs, "ConfigMap", "postgres-init")["data"].values())
+    ini = one(docs, "ConfigMap", "mlflow-auth-config")["data"]["basic_auth.ini"]
+    admin = ("admin", "k8s-test-" + os.urandom(8).hex())
+    with postgres(database="mlflow", user="mlflow") as pg, s3_server(bucket, tmp_path) as s3:
+        with psycopg.connect(host=str(pg.root), port=pg.port, user="postgres", dbname="postgres", autocommit=True) as su:
+            su.execute(f"ALTER ROLE {pg.user} CREATEDB")  # the image's POSTGRES_USER is the cluster's owner
+        with psycopg.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password, dbname="mlflow",
+                             autocommit=True) as conn:
+            conn.execute(init_sql)  # what the image's entrypoint runs on an empty volume
+        loopback = {"postgres:5432": f"127.0.0.1:{pg.port}", "http://minio:9000": s3.endpoint}
+        ini_path = tmp_path / "basic_auth.ini"
+        ini_path.write_text(ini.replace("postgres:5432", loopback["postgres:5432"]))
+        port = free_port()
+        args = [a.replace("postgres:5432", loopback["postgres:5432"]) for a in c["args"]
+                if not a.startswith(("--host=", "--port="))] + ["--host=127.0.0.1", f"--port={port}"]
+        assert not [a for a in args if pg.password in a or "@" in a]
+        env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+        env |= {"MLFLOW_AUTH_CONFIG_PATH": str(ini_path), "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
+                "MLFLOW_S3_ENDPOINT_URL": env["MLFLOW_S3_ENDPOINT_URL"].replace("http://minio:9000", s3.endpoint)}
+        secrets = {"PGUSER": pg.user, "PGPASSWORD": pg.password, "AWS_ACCESS_KEY_ID": s3.env["AWS_ACCESS_KEY_ID"],
+                   "AWS_SECRET_ACCESS_KEY": s3.env["AWS_SECRET_ACCESS_KEY"], "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
+                   "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1], "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()}
+        assert set(secrets) == {e["name"] for e in c["env"] if "valueFrom" in e}  # every secretKeyRef, no more
+        log = tmp_path / "mlflow.log"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "AWS_", "MLFLOW_"))}
+        with log.open("w") as out:
+            proc = subprocess.Popen([str(Path(sys.executable).parent / c["command"][0]), *c["command"][1:], *args],
+                                    env=clean | {"AWS_DEFAULT_REGION": "us-east-1"} | env | secrets,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_healthy(port, proc, log)
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", admin[0])
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin[1])
+            client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+            run = client.create_run(client.create_experiment("k8s-manifest"))
+            client.log_metric(run.info.run_id, "loss", 0.5)
+            (tmp_path / "note.txt").write_text("artifact through the proxy")
+            client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
+        assert [k for k in s3.keys("artifacts/") if k.endswith(f"{run.info.run_id}/artifacts/note.txt")], s3.keys()
+        with psycopg.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password, dbname="mlflow") as db:
+            assert db.execute("SELECT value FROM metrics WHERE run_uuid = %s AND key = 'loss'",
+                              (run.info.run_id,)).fetchall() == [(0.5,)]
+        with psycopg.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password, dbname="mlflow_auth") as db:
+            assert ("admin",) in db.execute("SELECT username FROM users").fetchall()
