@@ -7,8 +7,25 @@ from . import VCE_IMAGE
 
 
 @dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
-def cohort_op(source_dir: str, params_yaml: str, profile: str, cohort: Output[Dataset]):
-    """Snapshot the raw cohort at ``source_dir`` (validated), or synthesise one when it is empty."""
+def fingerprint_op(source_dir: str) -> str:
+    """The content digest of the raw cohort at ``source_dir`` (``vce.io.fingerprint``; '' when it
+    is empty: synthesis). Never cached: it is what the cohort step's cache is keyed on."""
+    from vce.runtime import die_with_parent
+
+    die_with_parent()  # a kill -9 of `vce run` takes this process with it
+
+    from vce.io.fingerprint import cohort_digest
+
+    return cohort_digest(source_dir)
+
+
+@dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
+def cohort_op(source_dir: str, data_digest: str, params_yaml: str, profile: str, cohort: Output[Dataset]):
+    """Snapshot the raw cohort at ``source_dir`` (validated), or synthesise one when it is empty.
+
+    ``data_digest`` (``fingerprint_op``'s output) is the cohort's content hash: an input only so
+    that the cache misses when the files under ``source_dir`` change; it is checked again after
+    the copy (the files must not change while the snapshot is taken)."""
     from vce.runtime import die_with_parent
 
     die_with_parent()  # a kill -9 of `vce run` takes this process with it
@@ -29,6 +46,11 @@ def cohort_op(source_dir: str, params_yaml: str, profile: str, cohort: Output[Da
                 shutil.copytree(f"{source_dir}/{pid}", tmp / pid)
             if os.path.isfile(f"{source_dir}/cohort.json"):
                 shutil.copy2(f"{source_dir}/cohort.json", tmp / "cohort.json")
+        from vce.io.fingerprint import cohort_digest
+
+        if cohort_digest(cohort.path) != data_digest:
+            raise RuntimeError(f"{source_dir}: the cohort changed while it was copied (digest {data_digest} before)")
+        cohort.metadata["data_digest"] = data_digest
     else:
         pids = steps.synth(cohort.path, cfg)
     cohort.metadata["patients"] = len(pids)

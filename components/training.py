@@ -22,8 +22,11 @@ def variants_op(params_yaml: str, profile: str) -> list:
 
 
 @dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
-def start_study_op(tracking_uri: str, experiment: str, params_yaml: str, profile: str, study: Output[Artifact]):
-    """Open the study's parent MLflow run; ``study`` holds its id ('' when tracking is off).
+def start_study_op(tracking_uri: str, experiment: str, params_yaml: str, profile: str, pipeline_job_id: str,
+                   study: Output[Artifact]):
+    """Open the study's parent MLflow run; ``study`` holds its id ('' when tracking is off). The
+    run is tagged with ``pipeline_job_id`` (``vce.study_status``), by which the exit handler
+    (``close_study_op``) finds it.
 
     The id travels as an artifact, not a parameter: kfp's local runner (2.17) mis-resolves a
     task-output parameter consumed inside a ParallelFor (it receives the loop item instead).
@@ -36,8 +39,10 @@ def start_study_op(tracking_uri: str, experiment: str, params_yaml: str, profile
 
     from vce import steps
     from vce.config import load_config_text
+    from vce.study_status import tag_pipeline_job
 
     run_id = steps.start_study(tracking_uri, load_config_text(params_yaml, profile), experiment=experiment) if tracking_uri else ""
+    tag_pipeline_job(tracking_uri, run_id, pipeline_job_id)
     with open(study.path, "w") as f:
         json.dump({"run_id": run_id, "tracking_uri": tracking_uri, "experiment": experiment}, f)
     study.metadata["mlflow_run_id"] = run_id
@@ -53,8 +58,13 @@ def train_op(
     experiment: str,
     study: Input[Artifact],
     model: Output[Model],
+    gpus: int = 1,
 ):
-    """Train one variant (``variant``: one item of ``variants_op``; a child MLflow run of the study)."""
+    """Train one variant (``variant``: one item of ``variants_op``; a child MLflow run of the study).
+
+    ``gpus`` > 1 (the task's accelerator limit on the cluster): data-parallel training, one
+    process per GPU under ``torchrun --nproc_per_node gpus`` through ``vce train --nproc``
+    (the CLI's launcher; the params text goes to a temporary file for it)."""
     from vce.runtime import die_with_parent
 
     die_with_parent()  # a kill -9 of `vce run` takes this process with it
@@ -67,6 +77,37 @@ def train_op(
     cfg = load_config_text(params_yaml, profile)
     v = Variant.from_json(variant)
     parent = json.load(open(study.path))["run_id"]
-    steps.train(normalized.path, model.path, cfg, v, tracking_uri=tracking_uri or None,
-                parent_run_id=parent or None, experiment=experiment)
-    model.metadata.update({"variant": v.name, "framework": "pytorch"})
+    if gpus > 1:
+        import tempfile
+
+        from vce.cli import main
+        from vce.tracking import DEFAULT_EXPERIMENT
+
+        if tracking_uri and experiment != DEFAULT_EXPERIMENT:  # `vce train` tracks into the default experiment
+            raise ValueError(f"gpus={gpus}: multi-GPU training tracks into experiment {DEFAULT_EXPERIMENT!r} only, "
+                             f"not {experiment!r}")
+        track = ["--tracking-uri", tracking_uri, *(["--parent-run-id", parent] if parent else [])] if tracking_uri else ["--no-tracking"]
+        with tempfile.TemporaryDirectory(prefix="vce-params-") as tmp:
+            with open(f"{tmp}/params.yaml", "w") as f:
+                f.write(params_yaml)
+            rc = main(["train", "--variant-json", variant, "--normalized", normalized.path, "--out", model.path,
+                       "--params", f"{tmp}/params.yaml", "--profile", profile, "--nproc", str(gpus), *track])
+        if rc != 0:
+            raise RuntimeError(f"vce train --nproc {gpus} (torchrun) exited with status {rc}")
+    else:
+        steps.train(normalized.path, model.path, cfg, v, tracking_uri=tracking_uri or None,
+                    parent_run_id=parent or None, experiment=experiment)
+    model.metadata.update({"variant": v.name, "framework": "pytorch", "gpus": gpus})
+
+
+@dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
+def close_study_op(tracking_uri: str, experiment: str, pipeline_job_id: str, status: dsl.PipelineTaskFinalStatus):
+    """The DAG's exit handler: close the study's MLflow parent run (and the child runs a failed
+    pipeline left RUNNING) with the pipeline's final state (``vce.study_status.close_study``)."""
+    from vce.runtime import die_with_parent
+
+    die_with_parent()  # a kill -9 of `vce run` takes this process with it
+
+    from vce.study_status import close_study
+
+    close_study(tracking_uri, pipeline_job_id, status.state, error=status.error_message or "", experiment=experiment)

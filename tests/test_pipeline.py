@@ -20,10 +20,17 @@ def _compiled() -> tuple[dict, dict]:
     return docs[0], (docs[1] if len(docs) > 1 else {})
 
 
+def _study_dag(spec: dict) -> dict:
+    """The tasks of the study: the DAG inside the exit handler (whose exit task closes the study)."""
+    root = spec["root"]["dag"]["tasks"]
+    (handler,) = [t for t in root.values() if t["componentRef"]["name"].startswith("comp-exit-handler")]
+    return spec["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
+
+
 def test_dag_shape():
     spec, _ = _compiled()
-    tasks = spec["root"]["dag"]["tasks"]
-    assert {"cohort-op", "register-op", "split-op", "normalize-op", "reference-op", "start-study-op", "compare-op"} <= set(tasks)
+    tasks = _study_dag(spec)
+    assert {"fingerprint-op", "cohort-op", "register-op", "split-op", "normalize-op", "reference-op", "start-study-op", "compare-op"} <= set(tasks)
     loop = next(t for t in tasks.values() if "parameterIterator" in t)
     inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
     assert {"train-op", "evaluate-op"} <= set(inner)
@@ -65,14 +72,15 @@ def test_tracking_tasks_get_the_pipelines_tracking_uri_and_mlflow_credentials():
     from pipelines.vce_study import MLFLOW_SECRET
 
     spec, platform = _compiled()
-    loop = next(t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t)
+    loop = next(t for t in _study_dag(spec).values() if "parameterIterator" in t)
     inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
     ev = inner["evaluate-op"]["inputs"]["parameters"]["tracking_uri"]
     assert ev == {"componentInputParameter": "pipelinechannel--tracking_uri"}
-    assert loop["inputs"]["parameters"]["pipelinechannel--tracking_uri"] == {"componentInputParameter": "tracking_uri"}
+    assert loop["inputs"]["parameters"]["pipelinechannel--tracking_uri"] == {
+        "componentInputParameter": "pipelinechannel--tracking_uri"}  # the exit handler's input, the pipeline's
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in ("start-study-op", "train-op", "evaluate-op", "compare-op"):
-        (secret,) = executors[f"exec-{name}"]["secretAsEnv"]
+    for name in ("start-study-op", "train-op", "evaluate-op", "compare-op", "close-study-op"):
+        secret = next(s for s in executors[f"exec-{name}"]["secretAsEnv"] if s["secretName"] == MLFLOW_SECRET)
         assert secret["secretName"] == MLFLOW_SECRET and secret["optional"] is True, name
         assert {k["envVar"]: k["secretKey"] for k in secret["keyToEnv"]} == {
             "MLFLOW_TRACKING_USERNAME": "username", "MLFLOW_TRACKING_PASSWORD": "password"}, name
@@ -89,7 +97,7 @@ def test_every_component_dies_with_its_owner():
 
     comps = [obj for mod in (components.data, components.evaluation, components.training) for obj in vars(mod).values()
              if hasattr(obj, "python_func") and obj.python_func.__module__ == mod.__name__]
-    assert len(comps) == 10
+    assert len(comps) == 12
     for c in comps:
         body = inspect.getsource(c.python_func).split('"""')[2]
         first = [ln.strip() for ln in body.splitlines() if ln.strip()][:2]

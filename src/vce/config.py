@@ -9,8 +9,10 @@ choices from :data:`CHOICES`, then the rules between keys, and ``split.image_siz
 halvings of every generator the file can train (:func:`image_size_problem`). A bad
 ``params.yaml`` therefore fails in seconds at :func:`load_config`, with the key named
 (``params.yaml:profiles.demo.train.iterations must be >= 1 (got -5)``), before synthesis or
-registration run. An unquoted ``off`` (YAML: false), as ``dvc exp run -S`` writes ``amp``, is
-read as ``"off"`` (:data:`YAML_BOOL_WORDS`). This module imports no torch.
+registration run. The file is read with YAML 1.2's scalar rules (:func:`load_yaml`), the rules
+of the ruamel.yaml that ``dvc exp run -S`` rewrites it with: DVC writes ``amp: "off"`` back as
+``amp: off`` and ``lr=1e-5`` as ``lr: 1e-05``, which PyYAML's YAML 1.1 rules would read as
+``False`` and as the string ``"1e-05"``. This module imports no torch.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import functools
 import json
 import math
 import numbers
+import re
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -187,10 +190,37 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "variant": {"model": MODELS, "normalization": NORMALIZATIONS},
 }
 
-#: YAML 1.1 reads an unquoted ``off`` / ``on`` as false / true, and ``dvc exp run -S`` writes
-#: ``amp: "off"`` back unquoted: for a string setting whose choices hold the word, the boolean
-#: stands for it.
+#: A YAML 1.1 reader (``yaml.safe_load``, not :func:`load_yaml`) reads an unquoted ``off`` / ``on``
+#: as false / true, and ``dvc exp run -S`` writes ``amp: "off"`` back unquoted: for a string
+#: setting whose choices hold the word, a boolean that reaches a config class stands for it.
 YAML_BOOL_WORDS = {False: "off", True: "on"}
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 (core schema) booleans and floats, as ruamel.yaml (DVC)
+    writes them: only ``true`` / ``false`` are booleans (``off``, ``on``, ``yes``, ``no`` stay
+    strings), and a float needs no dot (``1e-05``, ``2E3``; YAML 1.1 reads them as strings)."""
+
+
+_BOOL_TAG, _FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+ParamsLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ParamsLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+# after the int resolver (tried first for the same character), so 4 stays an int
+ParamsLoader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse ``params.yaml`` text with :class:`ParamsLoader` (YAML 1.2 booleans and floats): the
+    same values before and after ``dvc exp run -S`` rewrites the file."""
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _range_problems(cfg: Any, section: str) -> Iterator[Problem]:
@@ -580,7 +610,7 @@ def load_config(path: str | Path | None = None, profile: str | None = None) -> C
 def load_config_text(text: str, profile: str | None = None, source: str = "params") -> Config:
     """Like :func:`load_config`, from the YAML text itself (how the Kubeflow components get it)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("profiles"), dict):

@@ -69,9 +69,10 @@ def _run_locked(cfg: Config, data: Path, out: Path, tracking_uri: str | None, ex
     pipeline = build_pipeline(parallelism=parallelism or cfg.study.parallelism, defaults=defaults)
     logger.info("running the study DAG (%d variants, profile %s) with the kfp local runner; artifacts under %s",
                 len(cfg.variants), cfg.profile, root)
+    before = {d.name for d in root.iterdir()}
     with owning() as me:
         try:
-            task = pipeline(
+            pipeline(
                 params_yaml=defaults["params_yaml"], profile=cfg.profile, source_dir=str(data),
                 tracking_uri=tracking_uri or "", experiment=experiment,
             )
@@ -80,8 +81,19 @@ def _run_locked(cfg: Config, data: Path, out: Path, tracking_uri: str | None, ex
             raise
     report = out / "report"
     with atomic_dir(report) as tmp:
-        shutil.copytree(Path(task.output.path), tmp, dirs_exist_ok=True)
+        shutil.copytree(report_of_run(root, before), tmp, dirs_exist_ok=True)
     return report
+
+
+def report_of_run(root: Path, before: set[str]) -> Path:
+    """The report artifact (``compare-op``'s) of the one pipeline run that appeared under the kfp
+    root ``root`` since it held the runs named ``before``: the DAG returns no output (kfp allows
+    none from inside its exit handler), so the run's own folder is where the report is."""
+    found = [d / "compare-op" / "report" for d in root.iterdir() if d.name not in before]
+    found = [r for r in found if r.is_dir()]
+    if len(found) != 1:
+        raise RuntimeError(f"{root}: expected the report of one new pipeline run, found {[str(f) for f in found]}")
+    return found[0]
 
 
 def _close_runs(tracking_uri: str | None, token: str, experiment: str, status: str) -> None:

@@ -224,22 +224,55 @@ class MlflowTracker:
 
 def start_run(
     tracking_uri: str, run_name: str, experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
-    tags: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None, lineage_sources: Any = None,
 ) -> MlflowTracker:
     """Create a run (a child of ``parent_run_id`` when given) and return its tracker. The run is
     tagged with its owner process (``vce.owner.*``, :func:`vce.runtime.owner`), so that a study
     can close the runs it leaves open (:func:`close_owned_runs`) and the next one can tell runs
-    of a killed process (:func:`reconcile_dead_runs`)."""
+    of a killed process (:func:`reconcile_dead_runs`), and with its lineage (:func:`log_lineage`:
+    git commit, data and split versions, the split manifest as an input dataset) over
+    ``lineage_sources`` (a :class:`vce.lineage.Sources`; default :func:`vce.lineage.sources_from_env`)."""
+    from .lineage import collect
     from .runtime import owner
 
     exp_id = get_or_create_experiment(tracking_uri, experiment)
-    all_tags = {**owner().tags(), **(tags or {})}
+    lineage = collect(lineage_sources)
+    all_tags = {**owner().tags(), **lineage.tags(), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     client = _client(tracking_uri)
     run = _retry(lambda: client.create_run(exp_id, run_name=run_name, tags=all_tags), "create run")
     logger.info("MLflow run %s (%s) in experiment %s at %s", run.info.run_id, run_name, experiment, tracking_uri)
-    return MlflowTracker(tracking_uri, run.info.run_id)
+    tracker = MlflowTracker(tracking_uri, run.info.run_id)
+    _log_dataset(tracker, lineage.dataset)
+    return tracker
+
+
+def log_lineage(tracker: MlflowTracker, sources: Any) -> None:
+    """Add the lineage of ``sources`` (a :class:`vce.lineage.Sources`) to ``tracker``'s run, e.g. a
+    study's parent run once its split exists: the tags of :meth:`vce.lineage.Lineage.tags` and
+    the split manifest as an input dataset (:func:`_log_dataset`)."""
+    from .lineage import collect
+
+    lineage = collect(sources)
+    tracker.set_tags(lineage.tags())
+    _log_dataset(tracker, lineage.dataset)
+
+
+def _log_dataset(tracker: MlflowTracker, dataset: Any) -> None:
+    """``mlflow.log_input`` of a :class:`vce.lineage.Dataset` (the split manifest; context
+    ``split``) to ``tracker``'s run: name, digest (the manifest's DVC md5), source (its path) and
+    the manifest's columns as the schema. Nothing when ``dataset`` is None."""
+    if dataset is None:
+        return
+    import mlflow.data
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
+
+    ds = mlflow.data.from_pandas(pd.DataFrame(dataset.rows), source=dataset.source, name=dataset.name,
+                                 digest=dataset.digest)
+    entity = DatasetInput(dataset=ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "split")])
+    _retry(lambda: tracker.client.log_inputs(tracker.run_id, datasets=[entity]), "log input")
 
 
 def study_runs(tracking_uri: str, parent_run_id: str) -> list[Any]:
@@ -320,6 +353,25 @@ def reconcile_dead_runs(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT)
 # --------------------------------------------------------------------------- models & registry
 CHAMPION_ALIAS = "champion"
 PYFUNC_CODE = Path(__file__).with_name("mlflow_pyfunc.py")
+#: The distributions the logged model's code imports: ``mlflow_pyfunc.py`` and, shipped with the
+#: model (``code_paths``), the ``vce`` modules it loads (``vce.models.checkpoint``, ``vce.inference``
+#: and their imports). tests/test_pyfunc_standalone.py checks the list against those imports.
+MODEL_DISTRIBUTIONS = ("torch", "mlflow", "numpy", "pandas", "scipy", "scikit-image", "SimpleITK", "nibabel", "PyYAML")
+
+
+def model_requirements() -> list[str]:
+    """The logged model's pip requirements: ``NAME==VERSION`` for each of :data:`MODEL_DISTRIBUTIONS`,
+    the version installed here (requirements.txt's pins) without a local label such as torch's
+    ``+cpu``, so the same pin takes the CUDA build on a GPU machine."""
+    from importlib.metadata import version
+
+    return [f"{d}=={version(d).split('+')[0]}" for d in MODEL_DISTRIBUTIONS]
+
+
+def model_code_paths() -> list[str]:
+    """The ``vce`` package's source directory, logged with the model (as ``code/vce``): the model
+    loads and predicts where ``vce`` is not installed (a serving image, a fresh virtualenv)."""
+    return [str(Path(__file__).resolve().parent)]
 
 
 def registered_model_name(profile: str) -> str:
@@ -334,19 +386,20 @@ def log_generator_model(
     """Log a trained generator to ``tracker``'s run as an MLflow pyfunc model (from code).
 
     The model is ``mlflow_pyfunc.py`` + the checkpoint (plain tensors, loaded with
-    ``weights_only=True``) with signature ``float32 (-1, n_modalities, S, S) -> (-1, 1, S, S)``.
+    ``weights_only=True``) with signature ``float32 (-1, n_modalities, S, S) -> (-1, 1, S, S)``,
+    self-contained: the ``vce`` source rides along (:func:`model_code_paths`) and its
+    requirements.txt pins every distribution that code imports (:func:`model_requirements`).
     Nothing is registered here: after evaluation :func:`promote_champion` registers the best
     variant's logged model. Returns ``{"model_uri"}``.
     """
     import mlflow
     import mlflow.pyfunc
     import numpy as np
-    import torch
     from mlflow.models import infer_signature
 
     x = np.zeros((1, n_modalities, image_size, image_size), np.float32)
     signature = infer_signature(x, np.zeros((1, 1, image_size, image_size), np.float32))
-    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+    reqs = model_requirements()
 
     def go() -> Any:
         import warnings
@@ -357,10 +410,11 @@ def log_generator_model(
             warnings.filterwarnings("ignore", message=".*input example was not provided.*")
             return mlflow.pyfunc.log_model(
                 name="generator", python_model=str(PYFUNC_CODE), artifacts={"checkpoint": str(checkpoint)},
-                signature=signature, pip_requirements=reqs,
+                signature=signature, pip_requirements=reqs, code_paths=model_code_paths(),
             )
 
     info = _retry(go, "log model")
+    logger.info("logged the generator as %s (vce source as code_paths; requirements %s)", info.model_uri, ", ".join(reqs))
     return {"model_uri": info.model_uri}
 
 
