@@ -52,6 +52,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 #: nodes, and the taint GPU node pools commonly carry (GKE, AKS, the GPU operator's docs).
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+SHM_SIZE = "8Gi"
 DATA_PVC = "vce-data"
 DATA_MOUNT = "/mnt/vce-data"
 #: Deadline of each task's pod (activeDeadlineSeconds), by display name.
@@ -85,8 +86,11 @@ def _task(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
 
 
 def _on_gpus(task: dsl.PipelineTask, gpus, node_selector, tolerations, accelerator: str) -> dsl.PipelineTask:
-    """``gpus`` of ``accelerator`` for ``task``, on the nodes ``node_selector`` picks, tolerating ``tolerations``."""
+    """``gpus`` of ``accelerator`` for ``task``, on the nodes ``node_selector`` picks, tolerating
+    ``tolerations``; a memory-backed ``/dev/shm`` (:data:`SHM_SIZE`) for torchrun's processes
+    (NCCL and the data loaders share memory through it; a pod's default is 64 MB)."""
     task.set_accelerator_type(accelerator).set_accelerator_limit(gpus)
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE)
     kubernetes.add_node_selector_json(task, node_selector)
     return kubernetes.add_toleration_json(task, tolerations)
 
