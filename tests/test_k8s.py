@@ -629,7 +629,7 @@ def test_the_manifest_mlflow_runs_on_real_postgresql_and_s3_with_credentials_onl
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "AWS_", "MLFLOW_"))}
         with log.open("w") as out:
             proc = subprocess.Popen([str(Path(sys.executable).parent / c["command"][0]), *c["command"][1:], *args],
-                                    env=clean | {"AWS_DEFAULT_REGION": "us-east-1"} | env | secrets,
+                                    env=clean | env | secrets,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_healthy(port, proc, log)
