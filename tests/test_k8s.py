@@ -587,6 +587,26 @@ def test_allowed_hosts_admit_the_service_name_with_and_without_port_on_a_real_se
         proc.wait(timeout=30)
 
 
+def _loopback_mlflow(c: dict, ini: str, pg, s3, port: int, tmp_path: Path, admin: tuple[str, str]) -> tuple[list[str], dict]:
+    """The rendered MLflow container ``c`` as a local command: its arguments with the Services
+    mapped to loopback (``pg``, ``s3``), its literal env, and each secretKeyRef's env var set to
+    the local service's credential (the URIs stay without a user)."""
+    loopback = {"postgres:5432": f"127.0.0.1:{pg.port}", "http://minio:9000": s3.endpoint}
+    ini_path = tmp_path / "basic_auth.ini"
+    ini_path.write_text(ini.replace("postgres:5432", loopback["postgres:5432"]))
+    args = [a.replace("postgres:5432", loopback["postgres:5432"]) for a in c["args"]
+            if not a.startswith(("--host=", "--port="))] + ["--host=127.0.0.1", f"--port={port}"]
+    assert not [a for a in args if pg.password in a or "@" in a]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    env |= {"MLFLOW_AUTH_CONFIG_PATH": str(ini_path), "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
+            "MLFLOW_S3_ENDPOINT_URL": env["MLFLOW_S3_ENDPOINT_URL"].replace("http://minio:9000", s3.endpoint)}
+    secrets = {"PGUSER": pg.user, "PGPASSWORD": pg.password, "AWS_ACCESS_KEY_ID": s3.env["AWS_ACCESS_KEY_ID"],
+               "AWS_SECRET_ACCESS_KEY": s3.env["AWS_SECRET_ACCESS_KEY"], "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
+               "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1], "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()}
+    assert set(secrets) == {e["name"] for e in c["env"] if "valueFrom" in e}  # every secretKeyRef, no more
+    return [str(Path(sys.executable).parent / c["command"][0]), *c["command"][1:], *args], env | secrets
+
+
 @pytest.mark.slow  # PostgreSQL, an S3 server and MLflow start: about a minute on 2 shared cores
 def test_the_manifest_mlflow_runs_on_real_postgresql_and_s3_with_credentials_only_from_env(tmp_path, monkeypatch):
     """The rendered MLflow container, its Services mapped to loopback: real PostgreSQL (Debian's,
@@ -611,25 +631,12 @@ def test_the_manifest_mlflow_runs_on_real_postgresql_and_s3_with_credentials_onl
         with psycopg.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password, dbname="mlflow",
                              autocommit=True) as conn:
             conn.execute(init_sql)  # what the image's entrypoint runs on an empty volume
-        loopback = {"postgres:5432": f"127.0.0.1:{pg.port}", "http://minio:9000": s3.endpoint}
-        ini_path = tmp_path / "basic_auth.ini"
-        ini_path.write_text(ini.replace("postgres:5432", loopback["postgres:5432"]))
         port = free_port()
-        args = [a.replace("postgres:5432", loopback["postgres:5432"]) for a in c["args"]
-                if not a.startswith(("--host=", "--port="))] + ["--host=127.0.0.1", f"--port={port}"]
-        assert not [a for a in args if pg.password in a or "@" in a]
-        env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
-        env |= {"MLFLOW_AUTH_CONFIG_PATH": str(ini_path), "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
-                "MLFLOW_S3_ENDPOINT_URL": env["MLFLOW_S3_ENDPOINT_URL"].replace("http://minio:9000", s3.endpoint)}
-        secrets = {"PGUSER": pg.user, "PGPASSWORD": pg.password, "AWS_ACCESS_KEY_ID": s3.env["AWS_ACCESS_KEY_ID"],
-                   "AWS_SECRET_ACCESS_KEY": s3.env["AWS_SECRET_ACCESS_KEY"], "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
-                   "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1], "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()}
-        assert set(secrets) == {e["name"] for e in c["env"] if "valueFrom" in e}  # every secretKeyRef, no more
+        argv, env = _loopback_mlflow(c, ini, pg, s3, port, tmp_path, admin)
         log = tmp_path / "mlflow.log"
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "AWS_", "MLFLOW_"))}
         with log.open("w") as out:
-            proc = subprocess.Popen([str(Path(sys.executable).parent / c["command"][0]), *c["command"][1:], *args],
-                                    env=clean | env | secrets,
+            proc = subprocess.Popen(argv, env=clean | env,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_healthy(port, proc, log)
