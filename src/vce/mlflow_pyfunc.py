@@ -5,6 +5,12 @@ MLflow stores this file's source next to the trainer's ``checkpoint.pt`` (an art
 network from the checkpoint's plain tensors with ``torch.load(weights_only=True)``
 (:func:`vce.models.checkpoint.load_generator`), so nothing arbitrary is unpickled.
 
+The model is self-contained (:func:`vce.tracking.log_generator_model`): the ``vce`` package's
+source is logged with it (``code_paths``: ``<model>/code/vce``, which MLflow puts on ``sys.path``
+before running this file) and its ``requirements.txt`` pins every distribution that code imports
+(:data:`vce.tracking.MODEL_DISTRIBUTIONS`). ``pip install -r <model>/requirements.txt`` in an
+empty virtualenv is all a serving environment needs; ``vce`` itself need not be installed.
+
 Model I/O (the logged signature): input ``float32 (N, C, S, S)`` normalised slices with the
 variant's modalities as channels (T1 before T2), ``S`` = the training ``image_size``; output
 ``float32 (N, 1, S, S)`` the generator's normalised T1C. Scanner units need the inverse
