@@ -4,9 +4,8 @@ as env references only, retries and deadlines, the cohort cache keyed on the dat
 exit handler; plus the pieces behind them that run here (the exit handler's library function on a
 real MLflow store, the exit handler through kfp's local runner, the train component under torchrun).
 
-No cluster runs here: the Kubernetes side is what kfp compiled (the KFP backend's input)."""
-
-from __future__ import annotations
+No cluster runs here: the Kubernetes side is what kfp compiled (the KFP backend's input). No
+``from __future__ import annotations``: kfp reads the test component's annotations as types."""
 
 import json
 import os
@@ -267,8 +266,9 @@ def test_close_study_on_a_real_store(tmp_path):
 
 @pytest.mark.slow
 def test_the_exit_handler_through_kfps_local_runner(tmp_path):
-    """kfp's local runner runs the exit task after a failed body with the final status FAILED,
-    and after a good one with SUCCEEDED; the study's parent run ends with it (~1 min here)."""
+    """kfp's local runner runs the exit task after a failed body with the final status FAILED; the
+    study's parent run ends FAILED (the succeeded case: every ``vce run``, e.g. test_study_e2e).
+    Slow: 3 components importing vce and a new MLflow store (1-5 min on a loaded 2-core machine)."""
     from kfp import dsl, local
     from mlflow.tracking import MlflowClient
 
@@ -290,12 +290,11 @@ def test_the_exit_handler_through_kfps_local_runner(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"), raise_on_error=False)
     params = (ROOT / "params.yaml").read_text()
-    for fail in (True, False):
-        mini(tracking_uri=uri, params_yaml=params, fail=fail)
+    mini(tracking_uri=uri, params_yaml=params, fail=True)
     client = MlflowClient(uri, uri)
-    runs = client.search_runs([client.get_experiment_by_name("vce-study").experiment_id], order_by=["attributes.start_time ASC"])
-    assert [(r.info.status, r.data.tags.get("vce.pipeline_state")) for r in runs] == [("FAILED", "FAILED"), ("FINISHED", "SUCCEEDED")]
-    assert len({r.data.tags["vce.kfp.job_id"] for r in runs}) == 2  # one job id per pipeline run
+    (run,) = client.search_runs([client.get_experiment_by_name("vce-study").experiment_id])
+    assert (run.info.status, run.data.tags.get("vce.pipeline_state")) == ("FAILED", "FAILED")
+    assert run.info.end_time and run.data.tags["vce.kfp.job_id"]  # found by the job id both tasks were given
 
 
 @pytest.mark.slow
