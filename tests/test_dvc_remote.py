@@ -173,3 +173,33 @@ def test_push_pull_s3_remote_on_loopback(tmp_path, cohort, s3_endpoint):
     _lose_and_pull(repo, "s3", env)
     assert _files(repo / "data") == before
     assert "testing" not in (repo / ".dvc" / "config").read_text()
+
+
+def _expected_stages() -> dict[str, str]:
+    """dvc.yaml's stages as DVC names them (``foreach`` over params.yaml's mappings -> ``stage@key``)
+    with their commands, ``${key}`` substituted."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    out: dict[str, str] = {}
+    for name, st in stages.items():
+        if "foreach" not in st:
+            out[name] = st["cmd"]
+            continue
+        items = params[st["foreach"].strip("${}")]
+        for key in items:
+            out[f"{name}@{key}"] = st["do"]["cmd"].replace("${key}", key)
+    return out
+
+
+def test_dvc_lock_lists_dvc_yaml_stages_with_their_commands():
+    """The committed dvc.lock (a tiny-profile `dvc repro`) lists exactly dvc.yaml's stages with the
+    same commands. Deliberately not compared: the md5s of the code deps, which change with every
+    edit of the sources (the lock is refreshed by a repro, not kept byte-exact by tests)."""
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    assert lock["schema"] == "2.0"
+    expected = _expected_stages()
+    assert set(lock["stages"]) == set(expected)
+    for name, cmd in expected.items():
+        assert lock["stages"][name]["cmd"] == cmd, name
+        assert lock["stages"][name]["outs"], f"{name}: no outputs recorded"
+    assert lock["stages"]["register"]["params"]["params.yaml"]["profile"] == "tiny"
