@@ -482,7 +482,9 @@ def promote_champion(
         # MLflow's SQL registry resolves a models:/m-<id> source with a default MlflowClient(), i.e. the
         # process-wide tracking URI: point it at this store, or it looks in ./mlflow.db and fails
         with _process_tracking_uri(tracking_uri):
-            return client.create_model_version(registered_name, model_uri, run_id=run_id)
+            # a REST registry (mlflow server) refuses a models:/m-<id> source without its model_id
+            model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
+            return client.create_model_version(registered_name, model_uri, run_id=run_id, model_id=model_id)
 
     mv = _retry(reg, "register model")
     version = str(mv.version)
