@@ -4,12 +4,14 @@
 # bind-mounted read-only for the build only (pip_build_config.py). Prints the build time and the
 # image size, and writes them to build/image.json.
 #   VCE_IMAGE   image to build (default: the one the components name, components/__init__.py)
+#   PY          the Python whose pip configuration the build uses (default python3)
 #   VCE_BASE_IMAGE  base (default localhost/deb-base:bookworm, made here)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 PY=${PY:-python3}
-IMAGE=${VCE_IMAGE:-$(sed -n 's/^VCE_IMAGE = "\(.*\)"$/\1/p' components/__init__.py)}
+# the components' image ($VCE_IMAGE, else components.DEFAULT_IMAGE): components/__init__.py imports only os
+IMAGE=$("$PY" -c 'import components; print(components.VCE_IMAGE)')
 BASE=${VCE_BASE_IMAGE:-localhost/deb-base:bookworm}
 [[ -n $IMAGE ]] || { echo "build: no VCE_IMAGE in components/__init__.py" >&2; exit 1; }
 export VCE_BASE_IMAGE=$BASE

@@ -153,6 +153,9 @@ def _result_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: project SQLite store)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: vce-study)")
     p.add_argument("--parallelism", type=int, default=None, help="trainings at once (default: profile's study.parallelism)")
+    p.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                   help="kfp local runner: subprocess (this environment, default) or docker (each step in the "
+                        "project image via $DOCKER_HOST: Docker or podman's API; docs/container.md)")
     _common(p)
 
 
@@ -396,7 +399,8 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
 
     try:
         run_study(cfg, data=args.data, out=args.out, tracking_uri=args.tracking_uri or default_tracking_uri(),
-                  experiment=args.experiment, parallelism=args.parallelism, params_path=args.params)
+                  experiment=args.experiment, parallelism=args.parallelism, params_path=args.params,
+                  runner=args.runner)
     except RuntimeError as exc:
         failed = failed_task(exc)
         if failed is None:

@@ -1,7 +1,10 @@
 """``vce run``: the whole study through the Kubeflow pipeline with kfp's local runner.
 
 No cluster and no Docker: kfp's SubprocessRunner runs each component in this Python
-environment. Tracking goes to MLflow (default: the project's SQLite store).
+environment. Tracking goes to MLflow (default: the project's SQLite store). With
+``runner="docker"`` kfp's DockerRunner runs each component in the project image instead
+(:func:`docker_runner`; Docker or podman's Docker-compatible API at ``$DOCKER_HOST``;
+docs/container.md).
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ from pathlib import Path
 
 from .config import Config, default_params_path
 from .io.atomic import atomic_dir
+from .io.errors import VCEEnvironmentError
 
 logger = logging.getLogger(__name__)
+
+#: ``vce run --runner``: the kfp local runners a study can use.
+RUNNERS = ("subprocess", "docker")
 
 
 def run_study(
@@ -25,8 +32,12 @@ def run_study(
     experiment: str | None = None,
     parallelism: int | None = None,
     params_path: str | Path | None = None,
+    runner: str = "subprocess",
 ) -> Path:
     """Run the study DAG locally; returns the report directory (``<out>/report``).
+
+    ``runner``: ``subprocess`` (each component a process in this environment) or ``docker``
+    (each component a container of the project image: :func:`docker_runner`).
 
     One study per ``out`` at a time (an exclusive lock on ``<out>/.vce-run.lock``); an
     ``http(s)`` tracking server is checked first (:func:`vce.tracking.preflight`). This process
@@ -36,17 +47,19 @@ def run_study(
     from .runtime import exclusive_run
     from .tracking import preflight
 
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
     t0 = time.time()
     data, out = Path(data).resolve(), Path(out).resolve()
     preflight(tracking_uri)
     with exclusive_run(out):
-        report = _run_locked(cfg, data, out, tracking_uri, experiment, parallelism, params_path)
+        report = _run_locked(cfg, data, out, tracking_uri, experiment, parallelism, params_path, runner)
     _print_summary(report, out / "kfp", tracking_uri, time.time() - t0)
     return report
 
 
 def _run_locked(cfg: Config, data: Path, out: Path, tracking_uri: str | None, experiment: str | None,
-                parallelism: int | None, params_path: str | Path | None) -> Path:
+                parallelism: int | None, params_path: str | Path | None, runner: str = "subprocess") -> Path:
     """:func:`run_study` once ``out`` is locked: the cohort, then the DAG as this process's own."""
     from kfp import local
     from pipelines.vce_study import build_pipeline, default_arguments
@@ -65,10 +78,11 @@ def _run_locked(cfg: Config, data: Path, out: Path, tracking_uri: str | None, ex
     experiment = experiment or DEFAULT_EXPERIMENT
     root = out / "kfp"
     root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    kfp_runner = docker_runner(data, root, tracking_uri) if runner == "docker" else local.SubprocessRunner(use_venv=False)
+    local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True)
     pipeline = build_pipeline(parallelism=parallelism or cfg.study.parallelism, defaults=defaults)
-    logger.info("running the study DAG (%d variants, profile %s) with the kfp local runner; artifacts under %s",
-                len(cfg.variants), cfg.profile, root)
+    logger.info("running the study DAG (%d variants, profile %s) with the kfp local %s runner; artifacts under %s",
+                len(cfg.variants), cfg.profile, runner, root)
     before = {d.name for d in root.iterdir()}
     with owning() as me:
         try:
@@ -83,6 +97,67 @@ def _run_locked(cfg: Config, data: Path, out: Path, tracking_uri: str | None, ex
     with atomic_dir(report) as tmp:
         shutil.copytree(report_of_run(root, before), tmp, dirs_exist_ok=True)
     return report
+
+
+def docker_runner(data: Path, root: Path, tracking_uri: str | None, image: str | None = None):
+    """kfp's local DockerRunner for this study: every component runs in ``image`` (default: the
+    one the components name, ``components.VCE_IMAGE``), which must exist locally (nothing is
+    pulled at run time), through the Docker API at ``$DOCKER_HOST`` (Docker, or podman's
+    ``podman system service``).
+
+    kfp mounts the pipeline root at its own path; the tasks' arguments name host paths, so the
+    cohort (read-only) and a SQLite tracking store's folder (read-write) are mounted at their
+    own paths too. Containers use the host network (an ``http://127.0.0.1`` MLflow server is
+    reachable). They run as the invoking user (files stay yours, as ``docker run -u``); when
+    that is root, as the image's own non-root user, who is given the folders it writes."""
+    from docker.types import Mount
+    from kfp import local
+
+    import components
+
+    image = image or components.VCE_IMAGE
+    store = sqlite_store_dir(tracking_uri)
+    mounts = [Mount(str(data), str(data), type="bind", read_only=True)]
+    if store is not None:
+        store.mkdir(parents=True, exist_ok=True)
+        mounts.append(Mount(str(store), str(store), type="bind"))
+    user = container_user(image, [p for p in (root, store) if p is not None])
+    logger.info("DockerRunner: image %s as user %s, mounts %s (ro), %s + pipeline root %s (rw)",
+                image, user, data, store or "-", root)
+    return local.DockerRunner(network_mode="host", mounts=mounts, user=user)
+
+
+def sqlite_store_dir(tracking_uri: str | None) -> Path | None:
+    """The folder of a ``sqlite:///`` tracking store (its database and ``artifacts/``), else None."""
+    if not tracking_uri or not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri[len("sqlite:///"):]).resolve().parent
+
+
+def container_user(image: str, writable: list[Path]) -> str:
+    """``uid:gid`` the study's containers run as: this process's, unless it is root; then the
+    image's configured (non-root) user, and ``writable`` (recursively) is handed to it."""
+    import os
+
+    if os.geteuid() != 0:
+        return f"{os.geteuid()}:{os.getegid()}"
+    import docker
+
+    client = docker.from_env()
+    try:
+        user = client.images.get(image).attrs["Config"].get("User") or ""
+    finally:
+        client.close()
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or int(uid) == 0 or (gid and not gid.isdigit()):
+        raise VCEEnvironmentError(f"{image}: its user {user!r} is not a numeric non-root uid[:gid]; "
+                                  "rebuild it from the project's Containerfile")
+    for top in writable:
+        for p in [top, *top.rglob("*")]:
+            os.chown(p, int(uid), int(gid or uid), follow_symlinks=False)
+    logger.info("running as root: the containers run as the image's user %s, who now owns %s",
+                user, ", ".join(map(str, writable)))
+    return f"{uid}:{gid or uid}"
 
 
 def report_of_run(root: Path, before: set[str]) -> Path:
