@@ -342,11 +342,11 @@ def test_unquoted_off_from_dvc_exp_run_is_amp_off():
     from vce.config import TrainConfig
 
     assert TrainConfig(amp=False).amp == "off"
-    # there is no "on" mode: true is refused, saying why
-    with pytest.raises(ConfigError, match=r"train\.amp must be one of \('off', 'bf16', 'fp16'\) \(got True: YAML reads"):
+    # params.yaml is read with YAML 1.2 scalars (as DVC writes it): `on` is the string 'on', not a mode
+    with pytest.raises(ConfigError, match=r"train\.amp must be one of \('off', 'bf16', 'fp16'\) \(got 'on'\)"):
         load_config_text(_tiny_text('amp: "off"', "amp: on"), "tiny")
-    # a boolean stays an error for a string setting without an off choice
-    with pytest.raises(ConfigError, match=r"train\.keep must be one of \('last', 'best'\) \(got False"):
+    # and `off` stays a string, an error for a setting without an off choice
+    with pytest.raises(ConfigError, match=r"train\.keep must be one of \('last', 'best'\) \(got 'off'\)"):
         load_config_text(_tiny_text("keep: last", "keep: off"), "tiny")
 
 
