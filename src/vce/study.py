@@ -9,6 +9,7 @@ docs/container.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -65,6 +66,7 @@ def _run_locked(cfg: Config, data: Path, out: Path, tracking_uri: str | None, ex
     from pipelines.vce_study import build_pipeline, default_arguments
 
     from . import steps
+    from .podman_compat import removed_container_is_not_found
     from .runtime import owning
     from .tracking import DEFAULT_EXPERIMENT
 
@@ -84,7 +86,8 @@ def _run_locked(cfg: Config, data: Path, out: Path, tracking_uri: str | None, ex
     logger.info("running the study DAG (%d variants, profile %s) with the kfp local %s runner; artifacts under %s",
                 len(cfg.variants), cfg.profile, runner, root)
     before = {d.name for d in root.iterdir()}
-    with owning() as me:
+    compat = removed_container_is_not_found() if runner == "docker" else contextlib.nullcontext()
+    with owning() as me, compat:
         try:
             pipeline(
                 params_yaml=defaults["params_yaml"], profile=cfg.profile, source_dir=str(data),
