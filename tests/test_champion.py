@@ -258,3 +258,34 @@ def test_promote_a_logged_model_whatever_the_process_tracking_uri(tmp_path, monk
         mlflow.set_tracking_uri(None)
     mv = MlflowClient(uri, uri).get_model_version_by_alias("vce-pgmgvce-tiny", "champion")
     assert int(mv.version) == version == 1 and mv.run_id == tr.run_id
+
+
+def test_vce_compare_cli_logs_to_the_parent_run_it_is_given(tiny_cfg, tmp_path, monkeypatch, capsys):
+    """``vce compare --parent-run-id R --tracking-uri U``: the report lands in run R of store U and
+    the champion is registered there; without ``--parent-run-id`` nothing is tracked."""
+    from mlflow.tracking import MlflowClient
+
+    from vce import cli, tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_run(uri, "study-tiny", tags={"vce.role": "study"})
+    tr = tracking.start_run(uri, "t2_only", parent_run_id=parent.run_id, tags={"vce.variant": "t2_only"})
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "checkpoint.pt").write_text("t2_only")
+    tr.log_artifact(tmp_path / "ck" / "checkpoint.pt", "generator")
+    tr.set_tags({"vce.model_uri": f"runs:/{tr.run_id}/generator"})
+    tr.finish()
+    dirs = _eval_dirs(tmp_path / "eval", tiny_cfg, NAMES, best="t2_only")
+    args = ["compare", "--profile", "tiny", "--eval", *map(str, dirs), "--reference", str(tmp_path / "none")]
+
+    assert cli.main([*args, "--out", str(tmp_path / "untracked")]) == 0
+    assert json.loads((tmp_path / "untracked" / "champion.json").read_text())["registered_model"] is None
+
+    assert cli.main([*args, "--out", str(tmp_path / "report"), "--parent-run-id", parent.run_id,
+                     "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    mv = client.get_model_version_by_alias(tracking.registered_model_name("tiny"), "champion")
+    assert mv.run_id == tr.run_id
+    assert "report/champion.json" in {a.path for a in client.list_artifacts(parent.run_id, "report")}
+    assert not (tmp_path / "mlruns").exists() and "report:" in capsys.readouterr().out

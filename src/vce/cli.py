@@ -136,6 +136,11 @@ def _result_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", nargs="+", default=None, help="evaluation directories (default: outputs/eval/*)")
     p.add_argument("--reference", default=str(OUT / "reference"), help="output of `vce reference`")
     p.add_argument("--out", default=str(OUT / "report"))
+    p.add_argument("--parent-run-id", default=None,
+                   help="the study's MLflow parent run: the report is logged there and the champion registered "
+                        "(without it nothing is tracked)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI of that run (default: $MLFLOW_TRACKING_URI, else the project store)")
     _common(p)
 
     p = sub.add_parser("predict", help="one patient's T1 + T2 (NIfTI or DICOM folder) -> synthetic T1C NIfTI")
@@ -372,11 +377,14 @@ def _reference(args: argparse.Namespace, cfg: Config) -> int:
 def _compare(args: argparse.Namespace, cfg: Config) -> int:
     from . import steps
     from .reporting.rendering import format_console
+    from .tracking import default_tracking_uri
 
     dirs = args.eval or sorted(str(p.parent) for p in (OUT / "eval").glob("*/variant.json"))
     if not dirs:
         raise VCEInputError(f"{OUT / 'eval'}: no evaluation directories (run `vce evaluate` first)")
-    tables = steps.compare(dirs, args.out, cfg, reference=args.reference)
+    uri = (args.tracking_uri or default_tracking_uri()) if args.parent_run_id else None
+    tables = steps.compare(dirs, args.out, cfg, tracking_uri=uri, parent_run_id=args.parent_run_id,
+                           reference=args.reference)
     print(format_console(tables))
     print(f"\nreport: {Path(args.out) / 'summary.md'}")
     return 0
