@@ -51,6 +51,10 @@ def cohort_op(source_dir: str, data_digest: str, params_yaml: str, profile: str,
         if cohort_digest(cohort.path) != data_digest:
             raise RuntimeError(f"{source_dir}: the cohort changed while it was copied (digest {data_digest} before)")
         cohort.metadata["data_digest"] = data_digest
+        cohort.metadata["source_dir"] = source_dir
+        from vce.lineage import dvc_dir_md5
+
+        cohort.metadata["dvc_md5"] = dvc_dir_md5(source_dir)  # as `dvc add` records the folder (lineage)
     else:
         pids = steps.synth(cohort.path, cfg)
     cohort.metadata["patients"] = len(pids)

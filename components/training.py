@@ -23,10 +23,12 @@ def variants_op(params_yaml: str, profile: str) -> list:
 
 @dsl.component(base_image=VCE_IMAGE, install_kfp_package=False)
 def start_study_op(tracking_uri: str, experiment: str, params_yaml: str, profile: str, pipeline_job_id: str,
-                   study: Output[Artifact]):
+                   cohort: Input[Dataset], split: Input[Dataset], study: Output[Artifact]):
     """Open the study's parent MLflow run; ``study`` holds its id ('' when tracking is off). The
     run is tagged with ``pipeline_job_id`` (``vce.study_status``), by which the exit handler
-    (``close_study_op``) finds it.
+    (``close_study_op``) finds it, and with the lineage of the ``cohort`` snapshot and the
+    ``split`` (``vce.lineage``: DVC md5s, ``split_id``, the manifest as an input dataset), which
+    the variants' child runs inherit.
 
     The id travels as an artifact, not a parameter: kfp's local runner (2.17) mis-resolves a
     task-output parameter consumed inside a ParallelFor (it receives the loop item instead).
@@ -41,7 +43,17 @@ def start_study_op(tracking_uri: str, experiment: str, params_yaml: str, profile
     from vce.config import load_config_text
     from vce.study_status import tag_pipeline_job
 
-    run_id = steps.start_study(tracking_uri, load_config_text(params_yaml, profile), experiment=experiment) if tracking_uri else ""
+    from pathlib import Path
+
+    from vce.lineage import Sources
+
+    sources = Sources(raw=Path(cohort.path), split=Path(split.path))
+    # the user's folder and its DVC md5 (it may hold more than the patients the snapshot copies)
+    tags = {"vce.data.path": cohort.metadata.get("source_dir") or "synthesised by the cohort step"}
+    if cohort.metadata.get("dvc_md5"):
+        tags["vce.data.md5"] = cohort.metadata["dvc_md5"]
+    run_id = steps.start_study(tracking_uri, load_config_text(params_yaml, profile), experiment=experiment,
+                               lineage_sources=sources, tags=tags) if tracking_uri else ""
     tag_pipeline_job(tracking_uri, run_id, pipeline_job_id)
     with open(study.path, "w") as f:
         json.dump({"run_id": run_id, "tracking_uri": tracking_uri, "experiment": experiment}, f)

@@ -134,7 +134,8 @@ def build_pipeline(parallelism: int = CLUSTER_PARALLELISM, defaults: dict | None
         with dsl.ExitHandler(close, name="study"):
             data = _data_steps(params_yaml, profile, source_dir, data_pvc)
             study = start_study_op(tracking_uri=tracking_uri, experiment=experiment, params_yaml=params_yaml,
-                                   profile=profile, pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                                   profile=profile, pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                   cohort=data["cohort"], split=data["split"])
             _mlflow_credentials(_task(study, "start-study").set_caching_options(False))
             variants = _task(variants_op(params_yaml=params_yaml, profile=profile), "variants").set_caching_options(False)
             with dsl.ParallelFor(variants.output, parallelism=parallelism, name="ablations") as variant:
@@ -175,7 +176,7 @@ def _data_steps(params_yaml, profile, source_dir, data_pvc) -> dict:
         normalized=normalized.outputs["normalized"], params_yaml=params_yaml, profile=profile,
     )
     _task(reference, "reference-rows").set_memory_limit("8G")
-    return {"registered": registered.outputs["registered"], "split": split.outputs["split"],
+    return {"cohort": cohort.outputs["cohort"], "registered": registered.outputs["registered"], "split": split.outputs["split"],
             "normalized": normalized.outputs["normalized"], "reference": reference.outputs["reference"]}
 
 

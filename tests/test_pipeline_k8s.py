@@ -279,12 +279,21 @@ def test_the_exit_handler_through_kfps_local_runner(tmp_path):
         if fail:
             raise RuntimeError("a step of the study fails")
 
+    @dsl.component(base_image="unused", install_kfp_package=False)
+    def data_op(cohort: dsl.Output[dsl.Dataset], split: dsl.Output[dsl.Dataset]):
+        import os
+
+        os.makedirs(cohort.path)  # no patients, no manifest: lineage is left out with a warning
+        os.makedirs(split.path)
+
     @dsl.pipeline(name="exit-handler-check")
     def mini(tracking_uri: str, params_yaml: str, fail: bool):
         close = close_study_op(tracking_uri=tracking_uri, experiment="vce-study", pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         with dsl.ExitHandler(close):
+            d = data_op()
             s = start_study_op(tracking_uri=tracking_uri, experiment="vce-study", params_yaml=params_yaml, profile="tiny",
-                               pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                               pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                               cohort=d.outputs["cohort"], split=d.outputs["split"])
             step_op(study=s.outputs["study"], fail=fail)
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

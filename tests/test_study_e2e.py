@@ -80,6 +80,31 @@ def test_mlflow_parent_with_a_child_per_variant(study, tiny_cfg):
     assert {"report/metrics.json", "report/report.html"} <= report
 
 
+def test_every_run_records_the_data_and_split_it_used(study):
+    """Lineage through the DAG: the study run tags the DVC md5 of the cohort it used (as
+    ``dvc add data`` would record it) and of the split manifest, the ``split_id`` and the
+    manifest as an input dataset; each variant's run inherits them."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from vce.lineage import dvc_dir_md5, dvc_file_md5
+
+    (split_json,) = (study["work"] / "out" / "kfp").rglob("split/split.json")
+    split_id = json.loads(split_json.read_text())["split_id"]
+    manifest_md5 = dvc_file_md5(split_json.parent / "manifest.csv")
+    client = MlflowClient(study["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("vce-study").experiment_id])
+    assert len(runs) > 1
+    for r in runs:
+        tags = r.data.tags
+        assert tags["vce.split_id"] == split_id and tags["vce.split.manifest_md5"] == manifest_md5, r.info.run_name
+        assert tags["vce.data.md5"] == dvc_dir_md5(study["work"] / "data") and tags["vce.data.path"] == str(study["work"] / "data")
+        assert tags.get("mlflow.source.git.commit"), r.info.run_name
+        (ds,) = [d.dataset for d in r.inputs.dataset_inputs]
+        assert ds.name == "vce-split" and ds.digest == manifest_md5
+
+
 def test_predictions_on_t2_grid(study, tiny_cohort):
     preds = sorted((study["work"] / "out" / "kfp").rglob("pred/*.nii.gz"))
     n_variants = len(load_config(ROOT / "params.yaml", "tiny").variants)

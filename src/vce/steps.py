@@ -246,15 +246,19 @@ def compare(
     return report.tables
 
 
-def start_study(tracking_uri: str, cfg: Config, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None) -> str:
+def start_study(tracking_uri: str, cfg: Config, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+                lineage_sources: Any = None, tags: dict[str, str] | None = None) -> str:
     """Open the study's parent MLflow run; returns its id. First marks KILLED the runs a killed
-    study left RUNNING in ``experiment`` (:func:`vce.tracking.reconcile_dead_runs`)."""
+    study left RUNNING in ``experiment`` (:func:`vce.tracking.reconcile_dead_runs`). The run
+    records the lineage of ``lineage_sources`` (a :class:`vce.lineage.Sources`: the cohort and
+    split the study uses), which its child runs inherit (:func:`vce.tracking.start_run`)."""
     from .tracking import reconcile_dead_runs
 
     preflight(tracking_uri)
     reconcile_dead_runs(tracking_uri, experiment)
     tr = start_run(tracking_uri, run_name or f"study-{cfg.profile}", experiment=experiment,
-                   tags={"vce.profile": cfg.profile, "vce.role": "study"})
+                   tags={"vce.profile": cfg.profile, "vce.role": "study", **(tags or {})},
+                   lineage_sources=lineage_sources)
     tr.log_params({"profile": cfg.profile, "seed": cfg.seed, "n_variants": len(cfg.variants),
                    **{f"synth.{k}": v for k, v in cfg.synth.__dict__.items()},
                    **{f"split.{k}": v for k, v in cfg.split.__dict__.items()},

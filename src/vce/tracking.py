@@ -237,15 +237,34 @@ def start_run(
 
     exp_id = get_or_create_experiment(tracking_uri, experiment)
     lineage = collect(lineage_sources)
-    all_tags = {**owner().tags(), **lineage.tags(), **(tags or {})}
+    client = _client(tracking_uri)
+    inherited, inputs = {}, []
+    if parent_run_id and not (lineage.data_md5 or lineage.split_id):
+        inherited, inputs = _parent_lineage(client, parent_run_id)
+    all_tags = {**owner().tags(), **inherited, **lineage.tags(), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    client = _client(tracking_uri)
     run = _retry(lambda: client.create_run(exp_id, run_name=run_name, tags=all_tags), "create run")
     logger.info("MLflow run %s (%s) in experiment %s at %s", run.info.run_id, run_name, experiment, tracking_uri)
     tracker = MlflowTracker(tracking_uri, run.info.run_id)
     _log_dataset(tracker, lineage.dataset)
+    if inputs:
+        _retry(lambda: client.log_inputs(tracker.run_id, datasets=inputs), "log input")
     return tracker
+
+
+#: The data-lineage tags a child run takes from its study's run (:meth:`vce.lineage.Lineage.tags`
+#: but the code's, which every process records itself).
+INHERITED_LINEAGE = ("vce.data.md5", "vce.data.path", "vce.split.manifest_md5", "vce.split_id")
+
+
+def _parent_lineage(client: Any, parent_run_id: str) -> tuple[dict[str, str], list[Any]]:
+    """The data lineage of a child run whose own sources are unknown: the parent (study) run's
+    :data:`INHERITED_LINEAGE` tags and its input datasets (the split manifest)."""
+    parent = _retry(lambda: client.get_run(parent_run_id), "get parent run")
+    tags = {k: v for k, v in parent.data.tags.items() if k in INHERITED_LINEAGE}
+    inputs = list(parent.inputs.dataset_inputs) if parent.inputs else []
+    return tags, inputs
 
 
 def log_lineage(tracker: MlflowTracker, sources: Any) -> None:
