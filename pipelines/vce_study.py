@@ -104,9 +104,9 @@ def default_arguments(params_path: Path = ROOT / "params.yaml") -> dict:
     """Pipeline defaults baked into the compiled YAML: the params file (as one-line JSON, which is
     YAML too: kfp copies defaults into the compiled file's header comment line by line) and its
     default profile. The variants are not a parameter: ``variants_op`` reads them from the text."""
-    import yaml
+    from vce.config import load_yaml  # YAML 1.2 scalars, as load_config: DVC's rewrite `amp: off` stays "off"
 
-    raw = yaml.safe_load(params_path.read_text())
+    raw = load_yaml(params_path.read_text())
     return {"params_yaml": json.dumps(raw), "profile": raw.get("profile", "demo")}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from vce.config import load_config_text
+from vce.config import load_config, load_config_text
 
 
 def _with_main(cfg, name: str):
@@ -129,3 +129,20 @@ def test_evaluation_tracks_only_to_the_users_store(tiny_cfg, tiny_registered, ti
     steps.evaluate(run_dir, tiny_registered, tiny_split, tiny_normalized, tmp_path / "eval_b", tiny_cfg, tracking_uri=b)
     metrics, artifacts = seen_in_b()
     assert "mae_body" in metrics - before[0] and "evaluation" in artifacts  # configured: it lands in the run
+
+
+def test_pipeline_arguments_survive_dvcs_rewrite_of_params(tmp_path):
+    """``dvc exp run -S`` rewrites params.yaml with YAML 1.2 scalars (``amp: off``, ``4e-3``
+    unquoted); the pipeline's baked defaults and ``vce submit``'s argument read it as load_config
+    does, so the run gets ``amp == "off"``, not ``False``, and the same config as the original."""
+    from pipelines.vce_study import default_arguments
+    from vce.submit import params_yaml_argument
+
+    text = (ROOT / "params.yaml").read_text()
+    rewritten = text.replace('amp: "off"', "amp: off").replace("pg_eps: 4.0e-3", "pg_eps: 4e-3")
+    assert rewritten.count("amp: off") == text.count('amp: "off"') > 0 and "pg_eps: 4e-3" in rewritten
+    (tmp_path / "params.yaml").write_text(rewritten)
+    for arg in (default_arguments(tmp_path / "params.yaml")["params_yaml"], params_yaml_argument(rewritten)):
+        assert json.loads(arg)["profiles"]["tiny"]["train"]["amp"] == "off"
+        for profile in ("tiny", "demo"):
+            assert load_config_text(arg, profile) == load_config(ROOT / "params.yaml", profile)

@@ -221,7 +221,9 @@ def declared_parameters(spec: Mapping[str, Any]) -> dict[str, str]:
 def params_yaml_argument(text: str) -> str:
     """The params file as the pipeline's ``params_yaml`` string: one-line JSON of the parsed YAML,
     the encoding of ``pipelines.vce_study.default_arguments``."""
-    return json.dumps(yaml.safe_load(text))
+    from .config import load_yaml  # YAML 1.2 scalars, as load_config (DVC rewrites params.yaml unquoted)
+
+    return json.dumps(load_yaml(text))
 
 
 def _typed(name: str, kind: str, value: str) -> Any:
