@@ -17,3 +17,5 @@ import os
 DEFAULT_IMAGE = "ghcr.io/vce-project/vce:0.1.0"
 IMAGE_ENV = "VCE_IMAGE"
 VCE_IMAGE = os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
+#: the image's user and group (the Containerfile's ``VCE_UID``): every cluster task runs as it, non-root
+IMAGE_UID = 10001

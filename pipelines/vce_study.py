@@ -15,7 +15,9 @@ Kubeflow cluster (compiled ``vce_study.yaml``) and locally with kfp's Subprocess
   back-off (:data:`RETRY`), the deterministic science steps are not;
 - the cohort snapshot is cached on the cohort's content digest (an uncached ``fingerprint``
   task), not only on its path;
-- an exit handler closes the study's MLflow runs with the pipeline's final status.
+- an exit handler closes the study's MLflow runs with the pipeline's final status;
+- every task runs as the image's user (:data:`components.IMAGE_UID`), non-root; the data PVC must
+  be readable by it.
 
 Compile-time settings: the image (``$VCE_IMAGE``, see ``components/__init__.py``) and the GPU
 resource name (a pipeline parameter there is dropped from the ParallelFor's inputs by kfp 2.17's
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
+from components import IMAGE_UID
 from components.data import cohort_op, fingerprint_op, normalize_op, register_op, split_op
 from components.evaluation import compare_op, evaluate_op, reference_op
 from components.training import close_study_op, start_study_op, train_op, variants_op
@@ -77,9 +80,12 @@ def _mlflow_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 
 def _task(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
-    """Display name, deadline (:data:`TIMEOUTS_S`) and, for :data:`RETRIED`, retries with back-off."""
+    """Display name, deadline (:data:`TIMEOUTS_S`), the image's non-root user (:data:`IMAGE_UID`)
+    and, for :data:`RETRIED`, retries with back-off."""
     task.set_display_name(name)
     kubernetes.set_timeout(task, TIMEOUTS_S[name])
+    # the KFP backend adds allowPrivilegeEscalation=false, drops ALL capabilities, seccomp RuntimeDefault
+    kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True)
     if name in RETRIED:
         task.set_retry(**RETRY)
     return task

@@ -208,6 +208,19 @@ def test_every_task_has_a_deadline_and_transient_steps_are_retried():
     assert vs.TIMEOUTS_S["train"] >= 24 * 3600 and max(v for k, v in vs.TIMEOUTS_S.items() if k != "train") <= 6 * 3600
 
 
+def test_every_task_runs_as_the_images_non_root_user():
+    """Each task's container: the image's UID/GID (the Containerfile's ``VCE_UID``), runAsNonRoot
+    (the KFP backend adds no privilege escalation, no capabilities, seccomp RuntimeDefault)."""
+    from components import IMAGE_UID
+
+    uid = re.search(r"^ARG VCE_UID=(\d+)$", (ROOT / "Containerfile").read_text(), re.M)
+    assert uid and int(uid.group(1)) == IMAGE_UID
+    assert len(TASKS) >= 10
+    for t in TASKS:
+        sc = K8S[_executor(t)]["securityContext"]
+        assert sc == {"runAsUser": str(IMAGE_UID), "runAsGroup": str(IMAGE_UID), "runAsNonRoot": True}, t
+
+
 # ------------------------------------------------------------------------------------------------ exit handler
 
 
