@@ -93,12 +93,9 @@ def train_op(
         import tempfile
 
         from vce.cli import main
-        from vce.tracking import DEFAULT_EXPERIMENT
 
-        if tracking_uri and experiment != DEFAULT_EXPERIMENT:  # `vce train` tracks into the default experiment
-            raise ValueError(f"gpus={gpus}: multi-GPU training tracks into experiment {DEFAULT_EXPERIMENT!r} only, "
-                             f"not {experiment!r}")
-        track = ["--tracking-uri", tracking_uri, *(["--parent-run-id", parent] if parent else [])] if tracking_uri else ["--no-tracking"]
+        track = (["--tracking-uri", tracking_uri, "--experiment", experiment, *(["--parent-run-id", parent] if parent else [])]
+                 if tracking_uri else ["--no-tracking"])
         with tempfile.TemporaryDirectory(prefix="vce-params-") as tmp:
             with open(f"{tmp}/params.yaml", "w") as f:
                 f.write(params_yaml)

@@ -81,6 +81,22 @@ def test_torchrun_relaunch_keeps_the_variant(variant, monkeypatch, tiny_cfg):
     assert inner.out == str(cli.OUT / "runs" / cli._variant(args, tiny_cfg).name)
 
 
+def test_torchrun_relaunch_keeps_the_tracking_flags(monkeypatch, tiny_cfg):
+    """``--nproc 2`` with tracking: the workers get the same URI, parent run and experiment."""
+    import subprocess
+
+    seen: dict[str, list[str]] = {}
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: seen.setdefault("cmd", cmd) and subprocess.CompletedProcess(cmd, 0))
+    args = cli.build_parser().parse_args(["train", "--variant", "t1_only", "--params", PARAMS, "--profile", "tiny",
+                                          "--nproc", "2", "--tracking-uri", "sqlite:///x.db", "--parent-run-id", "abc",
+                                          "--experiment", "ablations-2026"])
+    assert cli._train(args, tiny_cfg) == 0
+    inner = cli.build_parser().parse_args(seen["cmd"][seen["cmd"].index("vce.cli") + 1:])
+    assert (inner.tracking_uri, inner.parent_run_id, inner.experiment) == ("sqlite:///x.db", "abc", "ablations-2026")
+    assert not inner.no_tracking and inner.nproc == 1
+
+
 def test_bad_params_fail_before_the_step_runs(tmp_path, capsys):
     """A bad params.yaml stops `vce synth` at load: exit 2, the key named, no cohort started."""
     text = (ROOT / "params.yaml").read_text()

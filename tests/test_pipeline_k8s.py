@@ -338,14 +338,18 @@ def test_train_component_runs_torchrun_with_one_process_per_gpu(tmp_path):
     study.write_text(json.dumps({"run_id": ""}))
     model = SimpleNamespace(path=str(tmp_path / "model"), metadata={})
     variant = load_config_text(params, "tiny").variant("pgmgvce_main").to_json()
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
     train_op.python_func(normalized=SimpleNamespace(path=str(norm)), variant=variant, params_yaml=params, profile="tiny",
-                         tracking_uri="", experiment="vce-study", study=SimpleNamespace(path=str(study)), model=model, gpus=2)
+                         tracking_uri=uri, experiment="other", study=SimpleNamespace(path=str(study)), model=model, gpus=2)
     summary = json.loads((tmp_path / "model" / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and model.metadata["gpus"] == 2
     h0, h1 = summary["generator_sha256_per_rank"]
     assert h0 == h1 == state_hash(torch.load(tmp_path / "model" / "checkpoint.pt", weights_only=True)["generator"])
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("model")) == ["model"]  # no temp leftovers
-    with pytest.raises(ValueError, match="multi-GPU training tracks into experiment 'vce-study' only"):
-        train_op.python_func(normalized=SimpleNamespace(path=str(norm)), variant=variant, params_yaml=params, profile="tiny",
-                             tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="other",
-                             study=SimpleNamespace(path=str(study)), model=model, gpus=2)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("vce-study") is None  # the experiment it was given, not the default
+    (run,) = client.search_runs([client.get_experiment_by_name("other").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["vce.variant"] == "pgmgvce_main"
+    assert client.get_metric_history(run.info.run_id, "loss_g")  # rank 0 logged the training

@@ -101,6 +101,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="run directory (default: outputs/runs/<variant>)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: project SQLite store)")
     p.add_argument("--parent-run-id", default=None, help="MLflow parent (study) run id")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: vce-study)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--resume", action="store_true",
                    help="continue from the resumable state (<out>.partial/last.pt, train.checkpoint_every); "
@@ -337,7 +338,7 @@ def _variant(args: argparse.Namespace, cfg: Config) -> Variant:
 
 def _train(args: argparse.Namespace, cfg: Config) -> int:
     from . import steps
-    from .tracking import default_tracking_uri
+    from .tracking import DEFAULT_EXPERIMENT, default_tracking_uri
 
     variant = _variant(args, cfg)
     out = args.out or str(OUT / "runs" / variant.name)
@@ -345,7 +346,8 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
         return _torchrun(args, out)
     uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
     steps.train(args.normalized, out, cfg, variant, tracking_uri=uri, parent_run_id=args.parent_run_id,
-                resume=args.resume, state_dir=args.state_dir, device=args.device)
+                experiment=args.experiment or DEFAULT_EXPERIMENT, resume=args.resume, state_dir=args.state_dir,
+                device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {out}")
     return 0
@@ -490,7 +492,7 @@ def _torchrun(args: argparse.Namespace, out: str) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            "-m", "vce.cli", "train", *_variant_args(args), "--normalized", args.normalized, "--out", out]
     for flag, value in (("--tracking-uri", args.tracking_uri), ("--parent-run-id", args.parent_run_id),
-                        ("--state-dir", args.state_dir), ("--device", args.device), ("--params", args.params),
+                        ("--experiment", args.experiment), ("--state-dir", args.state_dir), ("--device", args.device), ("--params", args.params),
                         ("--profile", args.profile)):
         if value is not None:
             cmd += [flag, str(value)]
