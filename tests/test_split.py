@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -314,3 +315,65 @@ def test_one_patient_under_two_ids_is_refused(tiny_registered, tiny_cfg, tmp_pat
     with pytest.raises(VCEInputError, match=rf"patients {first} and P999 have identical T1, T2, T1C"):
         split_cohort(reg, tmp_path / "split", tiny_cfg.split, tiny_cfg.seed)
     assert not (tmp_path / "split").exists()
+
+
+def _blank(reg: Path, pid: str, value: int = 100) -> None:
+    """Make patient ``pid``'s registered T2 air but one voxel (a constant image is refused earlier):
+    no slice has body content (``value`` differs between patients: identical scans are a duplicate)."""
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(reg / pid / "T2.nii.gz"))
+    a = np.zeros_like(sitk.GetArrayFromImage(img))
+    a[0, 0, 0] = value
+    out = sitk.GetImageFromArray(a)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(reg / pid / "T2.nii.gz"))
+
+
+def test_a_patient_without_usable_slices_is_left_out_with_the_reason(tmp_path, tiny_cfg, tiny_registered, tiny_split, caplog):
+    """One patient whose scans hold no body: left out of both splits (a warning naming it, its
+    reason in split.json's ``excluded``); every other patient is split as before the slice rule
+    saw it, by the same seeded assignment over the patients that remain."""
+    import logging
+    import shutil
+
+    from vce import steps
+    from vce.prep.split import assign_split
+
+    before = pd.read_csv(tiny_split / "manifest.csv", dtype={"patient": str}).set_index("patient")
+    reg = tmp_path / "reg"
+    shutil.copytree(tiny_registered, reg)
+    pid = before.index[0]
+    _blank(reg, pid)
+    with caplog.at_level(logging.WARNING, logger="vce.prep.split"):
+        after = steps.split(reg, tmp_path / "s", tiny_cfg).set_index("patient")
+    assert pid not in after.index and sorted(after.index) == sorted(p for p in before.index if p != pid)
+    s = tiny_cfg.split
+    assert after.split.to_dict() == assign_split(sorted(after.index), s.test_ratio, tiny_cfg.seed, s.folds, s.fold)
+    assert after.n_slices.equals(before.loc[after.index, "n_slices"])
+    info = json.loads((tmp_path / "s" / "split.json").read_text())
+    assert info["excluded"] == {pid: "no slice with body content"}
+    assert sum(info["patients"].values()) == len(before) - 1
+    assert any(pid in r.getMessage() and "left out of the split" in r.getMessage() for r in caplog.records)
+    assert "excluded" not in json.loads((tiny_split / "split.json").read_text())  # a split with none: no key
+
+
+def test_too_few_patients_with_slices_is_an_error_naming_them(tmp_path, tiny_cfg, tiny_registered):
+    """When the patients left are too few to split, the error names each one left out and why;
+    nothing is written."""
+    import shutil
+
+    from vce import steps
+    from vce.io.errors import VCEInputError
+
+    reg = tmp_path / "reg"
+    shutil.copytree(tiny_registered, reg)
+    pids = sorted(p.name for p in reg.iterdir() if p.is_dir())
+    for i, pid in enumerate(pids[1:]):
+        _blank(reg, pid, value=100 + i)
+    with pytest.raises(VCEInputError) as err:
+        steps.split(reg, tmp_path / "s", tiny_cfg)
+    msg = str(err.value)
+    assert f"{len(pids) - 1} patient(s) without a usable slice" in msg
+    assert all(f"{p}: no slice with body content" in msg for p in pids[1:]) and f"{pids[0]}:" not in msg
+    assert not (tmp_path / "s").exists() and [p.name for p in tmp_path.iterdir()] == ["reg"]

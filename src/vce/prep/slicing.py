@@ -76,8 +76,9 @@ def content_slices(t2: np.ndarray, min_body_fraction: float) -> np.ndarray:
 def fov_missing(volume: np.ndarray, body: np.ndarray) -> np.ndarray:
     """Per slice z, the fraction (0-1) of the ``body`` (z, y, x) bool pixels where the (z, y, x)
     ``volume`` is exactly 0 (outside a registered scan's field of view); 0 for a slice without body."""
-    n_body = body.reshape(len(body), -1).sum(axis=1)
-    n_zero = ((np.asarray(volume) == 0) & body).reshape(len(body), -1).sum(axis=1)
+    per_slice = (len(body), int(np.prod(body.shape[1:])))  # explicit: reshape(0, -1) is ambiguous (no slice)
+    n_body = body.reshape(per_slice).sum(axis=1)
+    n_zero = ((np.asarray(volume) == 0) & body).reshape(per_slice).sum(axis=1)
     return n_zero / np.maximum(n_body, 1)
 
 

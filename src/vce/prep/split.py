@@ -16,7 +16,9 @@ A patient's slices are all in one split (never both). A patient contributes the 
 :func:`vce.prep.slicing.kept_slices`: enough T2 body (``split.min_body_fraction``) and that body
 covered by T1, T2 and T1C (at most ``split.max_fov_missing`` of it exactly 0 in any of them, i.e.
 outside a moving scan's field of view); ``n_slices_fov_excluded`` counts the slices the second
-condition left out.
+condition left out. A patient with no such slice is left out of the split with a warning and
+listed under ``excluded`` in ``split.json`` (with the reason); the step fails, naming them all,
+when too few patients are left.
 
 Two ways to choose the test patients (both seeded, both by patient):
 
@@ -151,12 +153,16 @@ def _kept_slices(
                 "split: patient %s: %d slice(s) left out, body not covered by every modality's field of view "
                 "(> %.3g zero-filled); %d kept", pid, fov_excluded[pid], max_fov_missing, len(kept[pid]),
             )
-        if len(kept[pid]) == 0:
-            raise VCEInputError(
-                f"{registered_dir / pid}: patient {pid} has no slice with body content"
-                + (f" covered by every modality's field of view ({fov_excluded[pid]} left out)" if fov_excluded[pid] else "")
-            )
     return kept, fov_excluded
+
+
+def _without_slices(kept: dict[str, np.ndarray], fov_excluded: dict[str, int]) -> dict[str, str]:
+    """``{pid: reason}`` of the patients with no slice to contribute (left out of the split)."""
+    return {
+        pid: "no slice with body content"
+        + (f" covered by every modality's field of view ({fov_excluded[pid]} left out)" if fov_excluded[pid] else "")
+        for pid, z in kept.items() if len(z) == 0
+    }
 
 
 def _open_stores(tmp: Path, n_slices: dict[str, int], S: int) -> dict[str, dict[str, np.memmap]]:
@@ -228,24 +234,38 @@ def _excluded_by_register(registered_dir: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in excluded.items()} if isinstance(excluded, dict) else {}
 
 
-def _registered_patients(registered_dir: Path, cfg: SplitConfig, seed: int) -> tuple[list[str], dict[str, str]]:
-    """The patients of a registered cohort and their split assignment; when register excluded so many
-    that none (or too few) are left, the error says so and where the QC and reasons are."""
+def _registered_patients(registered_dir: Path) -> list[str]:
+    """The patients of a registered cohort; when register excluded them all, the error says so and
+    where the QC and reasons are."""
     excluded = _excluded_by_register(registered_dir)
-    where = f"QC in {registered_dir / 'qc.csv'}, reasons in {registered_dir / 'excluded.json'}"
     if excluded and registered_dir.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in registered_dir.iterdir()):
         raise VCEInputError(
-            f"{registered_dir}: no registered patient to split: register excluded all {len(excluded)} patient(s) ({where}): "
-            + "; ".join(f"{p}: {why}" for p, why in excluded.items())
+            f"{registered_dir}: no registered patient to split: register excluded all {len(excluded)} patient(s) "
+            f"({_register_record(registered_dir)}): " + "; ".join(f"{p}: {why}" for p, why in excluded.items())
         )
-    pids = list_patients(registered_dir)
+    return list_patients(registered_dir)
+
+
+def _register_record(registered_dir: Path) -> str:
+    return f"QC in {registered_dir / 'qc.csv'}, reasons in {registered_dir / 'excluded.json'}"
+
+
+def _assign(registered_dir: Path, pids: list[str], empty: dict[str, str], cfg: SplitConfig, seed: int) -> dict[str, str]:
+    """The split assignment of the patients that have slices (``pids`` less ``empty``); when too
+    few are left, the error names the patients register and the slice rule left out, and why."""
+    usable = [p for p in pids if p not in empty]
+    by_register = _excluded_by_register(registered_dir)
     try:
-        return pids, assign_split(pids, cfg.test_ratio, seed, cfg.folds, cfg.fold)
+        if not usable:
+            raise VCEInputError(f"{registered_dir}: no patient has a slice to split")
+        return assign_split(usable, cfg.test_ratio, seed, cfg.folds, cfg.fold)
     except VCEInputError as exc:
-        if excluded:
-            raise VCEInputError(f"{registered_dir}: {exc} (register excluded {len(excluded)} patient(s): "
-                                f"{', '.join(excluded)}; {where})") from exc
-        raise
+        why = [f"{len(empty)} patient(s) without a usable slice: " + "; ".join(f"{p}: {r}" for p, r in empty.items())] if empty else []
+        if by_register:
+            why.append(f"register excluded {len(by_register)} patient(s): {', '.join(by_register)}; {_register_record(registered_dir)}")
+        if not why:
+            raise
+        raise VCEInputError(f"{exc} ({'; '.join(why)})") from exc
 
 
 def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConfig, seed: int) -> pd.DataFrame:
@@ -257,10 +277,15 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
     from .validate import check_integrity
 
     registered_dir = Path(registered_dir)
-    pids, assignment = _registered_patients(registered_dir, cfg, seed)
+    pids = _registered_patients(registered_dir)
     check_integrity(registered_dir, pids, step="split")
     S = cfg.image_size
     kept, fov_excluded = _kept_slices(registered_dir, pids, cfg.min_body_fraction, cfg.max_fov_missing)
+    empty = _without_slices(kept, fov_excluded)
+    assignment = _assign(registered_dir, pids, empty, cfg, seed)
+    for pid, why in empty.items():
+        logger.warning("split: patient %s left out of the split: %s (%s)", pid, why, registered_dir / pid)
+    pids = [p for p in pids if p not in empty]
     rows, geometry = [], {}
     # a memory-mapped write to a full disk dies of SIGBUS, half-written: check the room first
     n_all = sum(len(kept[p]) for p in pids)
@@ -289,6 +314,8 @@ def split_cohort(registered_dir: str | Path, out_dir: str | Path, cfg: SplitConf
         manifest.to_csv(tmp / "manifest.csv", index=False)
         split_id = split_identity(_split_settings(cfg, seed), (tmp / "manifest.csv").read_bytes())
         summary = _split_summary(cfg, seed, manifest, cursor, split_id)
+        if empty:  # only then, so that a split with none keeps its bytes (dvc.lock)
+            summary["excluded"] = empty
         write_json(tmp / "split.json", summary)
         write_json(tmp / "geometry.json", geometry)
         del stores
