@@ -231,3 +231,35 @@ def test_tasks_tracked_from_inside_the_image(docker_study):
     artifacts = [p for p in (docker_study["work"] / "mlflow" / "artifacts").rglob("*") if p.is_file()]
     assert any(p.name == "checkpoint.pt" for p in artifacts)
     assert {p.stat().st_uid for p in artifacts} == {WRITER_UID}
+
+
+@pytest.mark.slow
+def test_a_task_that_fails_fast_in_a_container_fails_the_dag(docker_host, image, tmp_path):
+    """A component that exits with status 3 at once, through kfp's DockerRunner on podman: the
+    DAG fails (kfp alone may read a container auto-removed before its wait as exit 0,
+    tests/test_podman_compat.py); afterwards no container of it is left."""
+    import docker
+    from kfp import dsl, local
+
+    from vce.podman_compat import TASK_LABEL, docker_runner_compat
+
+    @dsl.component(base_image=image, install_kfp_package=False)
+    def fails_op():
+        raise SystemExit(3)
+
+    @dsl.pipeline(name="fails-fast")
+    def fails():
+        fails_op()
+
+    root = tmp_path / "kfp"
+    root.mkdir()
+    os.chown(root, IMAGE_UID, IMAGE_UID)
+    local.init(runner=local.DockerRunner(network_mode="host", user=f"{IMAGE_UID}:{IMAGE_UID}"), pipeline_root=str(root),
+               raise_on_error=True)
+    with docker_runner_compat(), pytest.raises(RuntimeError, match="fails-op"):
+        fails()
+    client = docker.from_env()
+    try:
+        assert client.containers.list(all=True, filters={"label": TASK_LABEL}) == []
+    finally:
+        client.close()

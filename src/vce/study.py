@@ -66,7 +66,7 @@ def _run_locked(cfg: Config, data: Path, out: Path, tracking_uri: str | None, ex
     from pipelines.vce_study import build_pipeline, default_arguments
 
     from . import steps
-    from .podman_compat import removed_container_is_not_found
+    from .podman_compat import docker_runner_compat
     from .runtime import owning
     from .tracking import DEFAULT_EXPERIMENT
 
@@ -86,7 +86,7 @@ def _run_locked(cfg: Config, data: Path, out: Path, tracking_uri: str | None, ex
     logger.info("running the study DAG (%d variants, profile %s) with the kfp local %s runner; artifacts under %s",
                 len(cfg.variants), cfg.profile, runner, root)
     before = {d.name for d in root.iterdir()}
-    compat = removed_container_is_not_found() if runner == "docker" else contextlib.nullcontext()
+    compat = docker_runner_compat() if runner == "docker" else contextlib.nullcontext()
     with owning() as me, compat:
         try:
             pipeline(
@@ -125,9 +125,23 @@ def docker_runner(data: Path, root: Path, tracking_uri: str | None, image: str |
         store.mkdir(parents=True, exist_ok=True)
         mounts.append(Mount(str(store), str(store), type="bind"))
     user = container_user(image, [p for p in (root, store) if p is not None])
+    _remove_stale_containers()
     logger.info("DockerRunner: image %s as user %s, mounts %s (ro), %s + pipeline root %s (rw)",
                 image, user, data, store or "-", root)
     return local.DockerRunner(network_mode="host", mounts=mounts, user=user)
+
+
+def _remove_stale_containers() -> None:
+    """The exited task containers a killed study left (:func:`vce.podman_compat.remove_stale_task_containers`)."""
+    import docker
+
+    from .podman_compat import remove_stale_task_containers
+
+    client = docker.from_env()
+    try:
+        remove_stale_task_containers(client)
+    finally:
+        client.close()
 
 
 def sqlite_store_dir(tracking_uri: str | None) -> Path | None:
