@@ -341,7 +341,9 @@ def _runs(uri: str) -> list:
 
 
 def _wait_for_training(study: dict, proc: subprocess.Popen, timeout: float = 900) -> list[int]:
-    """Block until a variant's MLflow run is RUNNING and its train-op process is alive; its pids."""
+    """Block until a variant's MLflow run is RUNNING and its train-op process is alive; the pids of
+    those trainings (a training whose run is not created yet is not one of them: killing it would
+    leave no run to check)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, study["log"].read_text()[-3000:]
@@ -350,10 +352,11 @@ def _wait_for_training(study: dict, proc: subprocess.Popen, timeout: float = 900
                 running = [r for r in _runs(study["uri"]) if r.info.status == "RUNNING" and "vce.variant" in r.data.tags]
             except Exception:  # noqa: BLE001 - the store is being created by the run
                 running = []
+            variants = {r.data.tags["vce.variant"] for r in running}
             trainers = [p for p in _session(proc.pid)  # the component's python, not kfp's sh around it
                         if "train-op" in _cmdline(p) and "-m kfp.dsl.executor_main" in _cmdline(p)
-                        and not _cmdline(p).startswith("sh ")]
-            if running and trainers:
+                        and not _cmdline(p).startswith("sh ") and any(v in _cmdline(p) for v in variants)]
+            if trainers:
                 return trainers
         time.sleep(0.5)
     raise AssertionError("no training seen running")
