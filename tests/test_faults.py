@@ -4,6 +4,8 @@ a kill -9, and the MLflow UI runs with authentication. Real processes, real MLfl
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -340,6 +342,21 @@ def _runs(uri: str) -> list:
     return client.search_runs([exp.experiment_id]) if exp else []
 
 
+def _running_variants(uri: str) -> set[str]:
+    """The variants whose MLflow run is RUNNING, read from the SQLite store read-only: an MLflow
+    client opened while `vce run` creates the store would run the schema migrations a second time
+    at once (CI: "table _alembic_tmp_latest_metrics already exists" in the study's step)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{uri[len('sqlite:///'):]}?mode=ro", uri=True, timeout=1)) as db:
+            rows = db.execute("SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                              "WHERE t.key = 'vce.variant' AND r.status = 'RUNNING'").fetchall()
+    except sqlite3.OperationalError:  # no file or no tables yet
+        return set()
+    return {v for (v,) in rows}
+
+
 def _wait_for_training(study: dict, proc: subprocess.Popen, timeout: float = 900) -> list[int]:
     """Block until a variant's MLflow run is RUNNING and its train-op process is alive; the pids of
     those trainings (a training whose run is not created yet is not one of them: killing it would
@@ -347,19 +364,26 @@ def _wait_for_training(study: dict, proc: subprocess.Popen, timeout: float = 900
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, study["log"].read_text()[-3000:]
-        if Path(study["uri"][len("sqlite:///"):]).is_file():
-            try:
-                running = [r for r in _runs(study["uri"]) if r.info.status == "RUNNING" and "vce.variant" in r.data.tags]
-            except Exception:  # noqa: BLE001 - the store is being created by the run
-                running = []
-            variants = {r.data.tags["vce.variant"] for r in running}
+        variants = _running_variants(study["uri"])
+        if variants:
             trainers = [p for p in _session(proc.pid)  # the component's python, not kfp's sh around it
                         if "train-op" in _cmdline(p) and "-m kfp.dsl.executor_main" in _cmdline(p)
-                        and not _cmdline(p).startswith("sh ") and any(v in _cmdline(p) for v in variants)]
+                        and not _cmdline(p).startswith("sh ") and _trained_variant(p) in variants]
             if trainers:
                 return trainers
         time.sleep(0.5)
     raise AssertionError("no training seen running")
+
+
+def _trained_variant(pid: int) -> str | None:
+    """The variant a train-op process trains: its ``variant`` parameter in kfp's ``--executor_input``
+    (the params text there names every variant, so a substring would not do)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        executor_input = json.loads(args[args.index("--executor_input") + 1])
+        return json.loads(executor_input["inputs"]["parameterValues"]["variant"])["name"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def _cmdline(pid: int) -> str:
@@ -447,6 +471,7 @@ def test_a_failed_step_leaves_the_study_failed_not_running(tmp_path, tiny_cohort
     proc = _start(study, study["log"])
     try:
         trainer = _wait_for_training(study, proc)[0]
+        killed_variant = _trained_variant(trainer)
         os.kill(trainer, signal.SIGKILL)
         rc = proc.wait(timeout=1800)
     finally:
@@ -458,6 +483,7 @@ def test_a_failed_step_leaves_the_study_failed_not_running(tmp_path, tiny_cohort
     status = {r.data.tags.get("vce.variant", "study"): r.info.status for r in runs}
     assert status["study"] == "FAILED" and "RUNNING" not in status.values(), status
     assert sorted(status.values()) == ["FAILED", "FAILED", "FINISHED"], status
+    assert status[killed_variant] == "FAILED", (killed_variant, status)
     assert "marked 2 MLflow run(s) of this study FAILED" in log
     # one line naming the failed step ends the log, not kfp's RuntimeError traceback
     assert "vce run: error: the study failed in step" in log.strip().splitlines()[-1], log[-2000:]

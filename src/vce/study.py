@@ -68,7 +68,7 @@ def _run_locked(cfg: Config, data: Path, out: Path, tracking_uri: str | None, ex
     from . import steps
     from .podman_compat import docker_runner_compat
     from .runtime import owning
-    from .tracking import DEFAULT_EXPERIMENT
+    from .tracking import DEFAULT_EXPERIMENT, get_or_create_experiment
 
     params_path = Path(params_path) if params_path else default_params_path()
     if not (data.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in data.iterdir())):
@@ -78,6 +78,8 @@ def _run_locked(cfg: Config, data: Path, out: Path, tracking_uri: str | None, ex
         check_synthetic_cohort(data, cfg)
     defaults = default_arguments(params_path)
     experiment = experiment or DEFAULT_EXPERIMENT
+    if tracking_uri:  # the store's schema made here, once, before any component or viewer opens it
+        get_or_create_experiment(tracking_uri, experiment)
     root = out / "kfp"
     root.mkdir(parents=True, exist_ok=True)
     kfp_runner = docker_runner(data, root, tracking_uri) if runner == "docker" else local.SubprocessRunner(use_venv=False)
