@@ -42,14 +42,19 @@ class _Podman(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def client():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Podman)
+def _served(handler, client_class):
+    """A docker-py client of ``client_class`` talking to ``handler`` on loopback, until closed."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    c = docker.APIClient(base_url=f"tcp://127.0.0.1:{server.server_address[1]}", version="1.41")
+    c = client_class(base_url=f"tcp://127.0.0.1:{server.server_address[1]}", version="1.41")
     yield c
     c.close()
     server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client():
+    yield from _served(_Podman, docker.APIClient)
 
 
 def test_podmans_500_for_a_removed_container_becomes_not_found(client):
@@ -164,12 +169,7 @@ class _Engine(BaseHTTPRequestHandler):
 @pytest.fixture()
 def engine():
     _Engine.containers, _Engine.calls = {}, []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Engine)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    c = docker.DockerClient(base_url=f"tcp://127.0.0.1:{server.server_address[1]}", version="1.41")
-    yield c
-    c.close()
-    server.shutdown()
+    yield from _served(_Engine, docker.DockerClient)
 
 
 def _kfp_runs_a_failing_task(client) -> int:
