@@ -47,11 +47,13 @@ def start_study_op(tracking_uri: str, experiment: str, params_yaml: str, profile
 
     from vce.lineage import Sources
 
-    sources = Sources(raw=Path(cohort.path), split=Path(split.path))
-    # the user's folder and its DVC md5 (it may hold more than the patients the snapshot copies)
+    # a user's folder: its DVC md5, computed by the cohort step (the folder may hold more than the
+    # patients the snapshot copies); a synthesised cohort: the snapshot's own, computed here
+    user_md5 = cohort.metadata.get("dvc_md5")
+    sources = Sources(raw=None if user_md5 else Path(cohort.path), split=Path(split.path))
     tags = {"vce.data.path": cohort.metadata.get("source_dir") or "synthesised by the cohort step"}
-    if cohort.metadata.get("dvc_md5"):
-        tags["vce.data.md5"] = cohort.metadata["dvc_md5"]
+    if user_md5:
+        tags["vce.data.md5"] = user_md5
     run_id = steps.start_study(tracking_uri, load_config_text(params_yaml, profile), experiment=experiment,
                                lineage_sources=sources, tags=tags) if tracking_uri else ""
     tag_pipeline_job(tracking_uri, run_id, pipeline_job_id)
